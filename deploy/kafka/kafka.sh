@@ -59,7 +59,7 @@ fetch() {
   say "fetching the broker's jars into $CACHE_DIR (first run only)"
   rm -rf "$CACHE_DIR/lib"
   mkdir -p "$CACHE_DIR"
-  mvn -q -B -f "$HERE/pom.xml" dependency:copy-dependencies \
+  mvn -q -B -Dstyle.color=never -f "$HERE/pom.xml" dependency:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory="$CACHE_DIR/lib" >&2 \
     || die "mvn could not fetch the broker's jars (see above)"
   rm -f "$CACHE_DIR"/.complete-*
