@@ -2,4 +2,6 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from stream_nudge.core import FineTuneResult, fine_tune
+
+__all__ = ["FineTuneResult", "__version__", "fine_tune"]

@@ -1,0 +1,366 @@
+"""``fine_tune``: NUDGE-M / NUDGE-N on arrays, with gamma chosen exactly on validation queries."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from stream_nudge.core.geometry import Rotation, nudge_m, nudge_n, rotation, unit_rows
+from stream_nudge.core.objectives import parse_objective
+from stream_nudge.core.selection import (
+    Selection,
+    ValidationScores,
+    objective_at,
+    select_gamma,
+)
+
+__all__ = ["METHODS", "FineTuneResult", "ValidationReport", "fine_tune", "static_others"]
+
+METHODS = ("nudge-m", "nudge-n")
+
+# The corpus pass multiplies the validation queries by blocks of documents; a block's score table
+# is kept near this many float32 cells (32 MB) so memory stays flat with corpus size.
+_PASS_CELLS = 1 << 23
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """The objective on the validation queries with the original embeddings and with the result."""
+
+    objective: str
+    before: float
+    after: float
+    queries: int
+
+
+@dataclass(frozen=True)
+class FineTuneResult:
+    """What :func:`fine_tune` returns.
+
+    Attributes
+    ----------
+    embeddings : float32 [n_docs, dim]
+        Fine-tuned documents; unit rows for NUDGE-N. Search them with the dot product.
+    gamma : float
+        The chosen (or given) step size.
+    validation : ValidationReport
+        The objective before and after, on the validation queries.
+    nudged : int
+        How many documents moved (their training query sum is non-zero).
+    selection : Selection or None
+        The best region found, when gamma was chosen.
+    """
+
+    embeddings: np.ndarray
+    gamma: float
+    validation: ValidationReport
+    nudged: int
+    selection: Selection | None = None
+
+
+def fine_tune(
+    doc_embeddings: np.ndarray,
+    train_queries: np.ndarray,
+    train_answers: Sequence[Sequence[int]],
+    val_queries: np.ndarray,
+    val_answers: Sequence[Sequence[int]],
+    method: str = "nudge-n",
+    objective: str = "hit@1",
+    train_weights: Sequence[float] | np.ndarray | None = None,
+    *,
+    gamma: float | None = None,
+    max_gamma: float | None = None,
+) -> FineTuneResult:
+    """Fine-tune document embeddings with NUDGE.
+
+    Parameters
+    ----------
+    doc_embeddings : [n_docs, dim]
+        Original document embeddings; rows are L2-normalised on entry and must not be zero.
+    train_queries, train_answers
+        Training query embeddings ``[n_train, dim]`` and, per query, the rows of its relevant
+        documents. Each document moves toward the (weighted) sum of its training queries.
+    val_queries, val_answers
+        Held-out queries and their relevant rows; gamma maximises ``objective`` on them.
+        Queries without answers are ignored.
+    method : {"nudge-n", "nudge-m"}
+        NUDGE-N keeps rows unit-norm (``|delta|^2 <= gamma``, gamma < 2); NUDGE-M adds
+        ``gamma * g`` (``|delta| <= gamma``).
+    objective : str
+        ``"hit@K"``, ``"mrr"`` (MRR@10), ``"mrr@K"`` or ``"ndcg@K"``.
+    train_weights : [n_train], optional
+        A weight per training query (default 1).
+    gamma : float, optional
+        Use this gamma instead of choosing one.
+    max_gamma : float, optional
+        Search gamma in ``[0, max_gamma]`` only.
+
+    Returns
+    -------
+    FineTuneResult
+
+    Raises
+    ------
+    ValueError
+        On inconsistent or non-finite input, naming the argument.
+
+    Examples
+    --------
+    >>> docs = np.array([[1.0, 0.0], [0.8, 0.6]])
+    >>> train = np.array([[0.0, 1.0]])
+    >>> val = np.array([[0.1, 1.0]])
+    >>> r = fine_tune(docs, train, [[0]], val, [[0]], method="nudge-m")
+    >>> r.validation.before, r.validation.after, r.nudged
+    (0.0, 1.0, 1)
+    """
+    method = _check_method(method)
+    obj = parse_objective(objective)
+    docs = _matrix("doc_embeddings", doc_embeddings)
+    n_docs, dim = docs.shape
+    if n_docs == 0 or dim == 0:
+        raise ValueError("doc_embeddings: needs at least one document of dimension >= 1")
+    train_q = _matrix("train_queries", train_queries, dim)
+    val_q = _matrix("val_queries", val_queries, dim)
+    train_ptr, train_rows = _answers("train_answers", train_answers, len(train_q), n_docs)
+    val_ptr, val_rows = _answers("val_answers", val_answers, len(val_q), n_docs)
+    weights = _weights(train_weights, len(train_q))
+    if gamma is not None:
+        gamma = _gamma("gamma", gamma, method)
+    if max_gamma is not None:
+        max_gamma = _gamma("max_gamma", max_gamma, method)
+
+    embeddings, nonzero = unit_rows(docs)
+    if not nonzero.all():
+        raise ValueError(
+            f"doc_embeddings: row {int(np.argmin(nonzero))} is zero; documents need a direction"
+        )
+
+    nudged, directions = query_directions(train_q, train_ptr, train_rows, weights, n_docs)
+    originals = embeddings[nudged].astype(np.float64)
+    plane = None
+    if method == "nudge-n":
+        plane = rotation(originals, directions)
+        # Where no turn exists (dim 1 and g = -d) the document stays put: it is not nudged.
+        keep = plane.movable
+        nudged, directions, originals = nudged[keep], directions[keep], originals[keep]
+        plane = Rotation(plane.tangent[keep], plane.angle[keep], plane.movable[keep])
+
+    val_ptr, val_rows, val_keep = _drop_unanswered(val_ptr, val_rows)
+    v_unit, _ = unit_rows(val_q[val_keep])
+    scores = build_scores(v_unit, embeddings, nudged, directions, val_ptr, val_rows, obj.k, plane)
+
+    selection = None
+    if gamma is None:
+        if scores.n_queries == 0:
+            warnings.warn(
+                "fine_tune: no validation query has an answer; gamma is 0 (no fine-tuning)",
+                UserWarning,
+                stacklevel=2,
+            )
+            gamma = 0.0
+        else:
+            selection = select_gamma(scores, obj, method, max_gamma)
+            gamma = selection.gamma
+    before = objective_at(scores, obj, method, 0.0)
+    after = objective_at(scores, obj, method, gamma)
+
+    if len(nudged) and gamma > 0:
+        if method == "nudge-m":
+            moved = nudge_m(originals, directions, gamma)
+        else:
+            moved = nudge_n(originals, directions, gamma, plane)
+        embeddings[nudged] = moved
+    report = ValidationReport(obj.name, before, after, scores.n_queries)
+    return FineTuneResult(embeddings, float(gamma), report, len(nudged), selection)
+
+
+def query_directions(queries, ptr, rows, weights, n_docs):
+    """Documents with a non-zero training sum ``G_j = sum w q`` and the unit direction of each.
+
+    Queries and weights are divided by their largest magnitudes first: the direction does not
+    change, and sums of float32 extremes stay finite in float64.
+    """
+    counts = np.diff(ptr)
+    q_of_pair = np.repeat(np.arange(len(counts)), counts)
+    if len(rows) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, queries.shape[1]))
+    q_scale = np.abs(queries).max(initial=0.0) or 1.0
+    w_scale = np.abs(weights).max(initial=0.0) or 1.0
+    order = np.argsort(rows, kind="stable")
+    doc_sorted = rows[order]
+    contrib = (queries[q_of_pair[order]].astype(np.float64) / q_scale) * (
+        weights[q_of_pair[order]] / w_scale
+    )[:, None]
+    starts = np.flatnonzero(np.r_[True, doc_sorted[1:] != doc_sorted[:-1]])
+    sums = np.add.reduceat(contrib, starts, axis=0)
+    directions, nonzero = unit_rows(sums, out=np.empty_like(sums))
+    return doc_sorted[starts][nonzero], directions[nonzero]
+
+
+def build_scores(
+    v_unit: np.ndarray,
+    embeddings: np.ndarray,
+    nudged: np.ndarray,
+    directions: np.ndarray,
+    val_ptr: np.ndarray,
+    val_rows: np.ndarray,
+    k: int,
+    plane=None,
+    others: np.ndarray | None = None,
+) -> ValidationScores:
+    """The validation problem for :func:`select_gamma`.
+
+    Without ``others`` this is one pass over the corpus (to find, per query, the best ``k`` scores
+    among documents that are neither nudged nor its answers) plus products with the nudged rows.
+    A caller that keeps those best scores up to date itself (the streaming engine) passes them as
+    ``others`` ``[n_val, >= k]`` and pays only for the nudged rows.
+    """
+    col_of = np.full(embeddings.shape[0], -1, dtype=np.int64)
+    col_of[nudged] = np.arange(len(nudged))
+    if others is None:
+        sims, others = static_others(v_unit, embeddings, col_of, val_ptr, val_rows, k)
+    else:
+        sims = v_unit @ embeddings[nudged].T
+        if others.shape[0] != v_unit.shape[0] or others.shape[1] < k:
+            raise ValueError(
+                f"others: expected shape [{v_unit.shape[0]}, >= {k}], got {others.shape}"
+            )
+    pair_q = np.repeat(np.arange(len(val_ptr) - 1), np.diff(val_ptr))
+    answer_cols = col_of[val_rows]
+    answer_static = np.einsum("ij,ij->i", v_unit[pair_q], embeddings[val_rows]).astype(np.float64)
+    pulls = v_unit @ directions.astype(v_unit.dtype).T
+    tangents = angles = None
+    if plane is not None:
+        tangents = v_unit @ plane.tangent.astype(v_unit.dtype).T
+        angles = plane.angle
+    return ValidationScores(
+        sims=sims,
+        pulls=pulls,
+        answer_ptr=val_ptr,
+        answer_cols=answer_cols,
+        answer_static=answer_static,
+        others=others,
+        tangents=tangents,
+        angles=angles,
+    )
+
+
+def static_others(v_unit, embeddings, col_of, val_ptr, val_rows, k):
+    """One pass over the corpus: scores against nudged documents, and the best ``k`` others.
+
+    Returns ``(sims [n_val, n_nudged], others [n_val, k])``; ``others`` leaves out nudged documents
+    and each query's own answers.
+    """
+    n_val = v_unit.shape[0]
+    n_docs = embeddings.shape[0]
+    n_nudged = int((col_of >= 0).sum())
+    dtype = np.result_type(v_unit, embeddings)
+    sims = np.empty((n_val, n_nudged), dtype=dtype)
+    others = np.full((n_val, k), -np.inf, dtype=dtype)
+    pair_q = np.repeat(np.arange(n_val), np.diff(val_ptr))
+    block = max(256, _PASS_CELLS // max(n_val, 1))
+    for start in range(0, n_docs, block):
+        stop = min(start + block, n_docs)
+        table = v_unit @ embeddings[start:stop].T
+        local = np.flatnonzero(col_of[start:stop] >= 0)
+        sims[:, col_of[start + local]] = table[:, local]
+        table[:, local] = -np.inf
+        inside = (val_rows >= start) & (val_rows < stop)
+        table[pair_q[inside], val_rows[inside] - start] = -np.inf
+        if k == 1:
+            np.maximum(others[:, 0], table.max(axis=1, initial=-np.inf), out=others[:, 0])
+        else:
+            best = _top(table, k)
+            others = _top(np.concatenate([others, best], axis=1), k)
+    return sims, others
+
+
+def _top(x: np.ndarray, k: int) -> np.ndarray:
+    if x.shape[1] <= k:
+        pad = np.full((x.shape[0], k - x.shape[1]), -np.inf, dtype=x.dtype)
+        return np.concatenate([x, pad], axis=1)
+    return np.partition(x, x.shape[1] - k, axis=1)[:, x.shape[1] - k :]
+
+
+# --- argument checks --------------------------------------------------------------------------
+
+
+def _check_method(method: str) -> str:
+    name = str(method).strip().lower()
+    if name not in METHODS:
+        raise ValueError(f"method: unknown method {method!r}; use one of {', '.join(METHODS)}")
+    return name
+
+
+def _matrix(name: str, x, dim: int | None = None) -> np.ndarray:
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged nested lists and the like
+        raise ValueError(f"{name}: not a numeric matrix ({exc})") from exc
+    if arr.size == 0 and dim is not None:
+        return np.zeros((0, dim), dtype=np.float32)
+    if arr.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-d array [n, dim], got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{name}: expected numbers, got dtype {arr.dtype}")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(f"{name}: dimension {arr.shape[1]} does not match doc_embeddings' {dim}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name}: contains NaN or Inf")
+    return arr
+
+
+def _answers(name: str, answers, n_queries: int, n_docs: int):
+    if answers is None or len(answers) != n_queries:
+        got = "None" if answers is None else len(answers)
+        raise ValueError(
+            f"{name}: needs one list of document rows per query ({n_queries}), got {got}"
+        )
+    ptr = np.zeros(n_queries + 1, dtype=np.int64)
+    rows: list[np.ndarray] = []
+    for i, ans in enumerate(answers):
+        try:
+            arr = np.unique(np.asarray(list(ans), dtype=np.int64))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"{name}[{i}]: not a list of integer document rows ({exc})") from exc
+        if arr.size and (arr[0] < 0 or arr[-1] >= n_docs):
+            bad = arr[0] if arr[0] < 0 else arr[-1]
+            raise ValueError(f"{name}[{i}]: document row {bad} is out of range [0, {n_docs})")
+        rows.append(arr)
+        ptr[i + 1] = ptr[i] + arr.size
+    flat = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    return ptr, flat
+
+
+def _weights(weights, n: int) -> np.ndarray:
+    if weights is None:
+        return np.ones(n, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if w.shape[0] != n:
+        raise ValueError(
+            f"train_weights: needs one weight per training query ({n}), got {w.shape[0]}"
+        )
+    if not np.isfinite(w).all():
+        raise ValueError("train_weights: contains NaN or Inf")
+    return w
+
+
+def _gamma(name: str, value, method: str) -> float:
+    g = float(value)
+    if not np.isfinite(g) or g < 0:
+        raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
+    if method == "nudge-n" and g >= 2:
+        raise ValueError(
+            f"{name}: NUDGE-N needs gamma < 2 (a turn below 90 degrees), got {value!r}"
+        )
+    return g
+
+
+def _drop_unanswered(ptr: np.ndarray, rows: np.ndarray):
+    counts = np.diff(ptr)
+    keep = counts > 0
+    new_ptr = np.concatenate([[0], np.cumsum(counts[keep])]).astype(np.int64)
+    return new_ptr, rows, keep

@@ -1,0 +1,493 @@
+"""Exact choice of gamma (MaxA-EFT) from two or three score matrices.
+
+A validation query ``v`` sees nudged document ``j`` with score
+- NUDGE-M: ``s_j(gamma) = v.d_j + gamma * v.g_j``, a line;
+- NUDGE-N: ``s_j(theta) = A_j cos(theta) + B_j sin(theta)`` with ``A = v.d``, ``B = v.z`` (``z`` the
+  unit tangent toward ``g``) until ``theta`` reaches the angle ``phi_j`` between ``d_j`` and ``g_j``,
+  and ``v.g_j`` from there on;
+and every untouched document with a fixed score. As gamma grows, an answer's rank changes only where
+its curve crosses another one, so the objective is piecewise constant. We compute, for every
+(validation query, answer) pair, the points where the count of non-answers above the answer changes,
+merge them per query into changes of the metric (see :mod:`objectives`), and sweep all queries'
+changes at once. The best region is exact; we return its middle, since its end points are ties.
+
+Only the best ``K`` fixed scores of each query (``K`` of the objective) can ever matter among the
+untouched documents, which is why callers pass just those (``others``): the cost grows with the
+number of nudged documents, not with the corpus.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from stream_nudge.core.geometry import gamma_to_theta, theta_to_gamma
+from stream_nudge.core.objectives import Objective
+
+__all__ = ["Selection", "ValidationScores", "objective_at", "select_gamma"]
+
+# Working arrays are cut into blocks of about this many float64 elements (32 MB) so that memory stays
+# flat whatever the number of validation pairs and nudged documents.
+_BLOCK_ELEMENTS = 1 << 22
+
+# Objective values are sums of floats; regions within this of the best count as tied, and ties go
+# to the smaller gamma.
+_TIE = 1e-9
+
+
+def _tolerance(dtype) -> float:
+    """Score differences this small are rounding, not signal: they count as ties.
+
+    Scores of unit vectors are sums of ``dim`` rounded products, a few units in the last place of 1;
+    16 of them (2e-6 in float32, 4e-15 in float64) keeps a mathematically exact tie a tie.
+    """
+    return 16.0 * float(
+        np.finfo(np.dtype(dtype) if np.dtype(dtype).kind == "f" else np.float64).eps
+    )
+
+
+# Change points closer than this (relative) are one point. Two curves that touch, or three that
+# cross at one point, give change points that differ only by rounding; a "region" between them
+# exists only in the last bits, and no float32 embedding could ever land in it.
+_MERGE = 1e-12
+
+
+@dataclass(frozen=True)
+class ValidationScores:
+    """Validation queries seen through the nudged documents.
+
+    Attributes
+    ----------
+    sims : [n_val, n_nudged]
+        ``v . d_j``, each validation query against each nudged document's original embedding.
+    pulls : [n_val, n_nudged]
+        ``v . g_j``, against each nudged document's unit direction.
+    answer_ptr : int [n_val + 1]
+        Query ``i``'s answers are entries ``answer_ptr[i]:answer_ptr[i+1]`` (at least one each).
+    answer_cols : int [n_pairs]
+        The answer's column among the nudged documents, or -1 for an untouched document.
+    answer_static : float [n_pairs]
+        ``v . d_a`` for untouched answers (ignored where ``answer_cols >= 0``).
+    others : [n_val, m]
+        The best scores among untouched documents that are not answers of that query, best first or
+        in any order, ``-inf`` where there are fewer; ``m >= K`` of the objective.
+    tangents : [n_val, n_nudged] or None
+        ``v . z_j`` for NUDGE-N.
+    angles : [n_nudged] or None
+        ``phi_j`` for NUDGE-N.
+    """
+
+    sims: np.ndarray
+    pulls: np.ndarray
+    answer_ptr: np.ndarray
+    answer_cols: np.ndarray
+    answer_static: np.ndarray
+    others: np.ndarray
+    tangents: np.ndarray | None = None
+    angles: np.ndarray | None = None
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.answer_ptr) - 1
+
+    @property
+    def n_relevant(self) -> np.ndarray:
+        return np.diff(self.answer_ptr)
+
+    @property
+    def pair_query(self) -> np.ndarray:
+        return np.repeat(np.arange(self.n_queries), self.n_relevant)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen gamma, the objective there, and the best region it is the middle of."""
+
+    gamma: float
+    value: float
+    low: float
+    high: float
+
+
+def select_gamma(
+    scores: ValidationScores, objective: Objective, method: str, max_gamma: float | None = None
+) -> Selection:
+    """The gamma that maximises ``objective`` on the validation queries, exactly.
+
+    ``method`` is ``"nudge-m"`` (gamma in ``[0, max_gamma]``, unbounded by default) or
+    ``"nudge-n"`` (gamma in ``[0, max_gamma)``, at most 2, i.e. a turn of up to 90 degrees).
+    """
+    if scores.n_queries == 0:
+        return Selection(0.0, 0.0, 0.0, 0.0)
+    if method == "nudge-m":
+        upper = np.inf if max_gamma is None else float(max_gamma)
+        events = _line_events(scores, objective.k, upper)
+    else:
+        upper = float(gamma_to_theta(2.0 if max_gamma is None else min(float(max_gamma), 2.0)))
+        events = _curve_events(scores, objective.k, upper)
+    low, high, value = _best_region(scores, objective, upper, *events)
+    if method == "nudge-m":
+        if low == 0.0 and not np.isfinite(high):
+            # One region for all gamma > 0. Stay at 0 unless 0 itself is worse (a tie at 0 that any
+            # step breaks in the answers' favour); then any step does, and 1 is as good as any.
+            at_zero = objective_at(scores, objective, method, 0.0)
+            gamma = 0.0 if at_zero >= value - _TIE else 1.0
+            return Selection(gamma, value, low, high)
+        return Selection(_middle(low, high), value, low, high)
+    g_low, g_high = float(theta_to_gamma(low)), float(theta_to_gamma(high))
+    return Selection(_middle(g_low, g_high), value, g_low, g_high)
+
+
+def _middle(low: float, high: float) -> float:
+    if not np.isfinite(high):
+        # The last region of NUDGE-M never ends; any point in it is as good. Twice its start
+        # keeps clear of the tie at the start by as much as the start itself measures.
+        return 2.0 * low
+    return 0.5 * (low + high)
+
+
+def objective_at(
+    scores: ValidationScores, objective: Objective, method: str, gamma: float
+) -> float:
+    """The mean objective over the validation queries at one gamma, by direct evaluation."""
+    if scores.n_queries == 0:
+        return 0.0
+    k = objective.k
+    tol = _tolerance(scores.sims.dtype)
+    if method == "nudge-m":
+        table = np.asarray(scores.sims, np.float64) + gamma * np.asarray(scores.pulls, np.float64)
+        tol *= 1.0 + gamma  # the rounding of c + gamma m grows with gamma
+    else:
+        theta = float(gamma_to_theta(gamma))
+        table = _curve_values(scores, theta)
+    counts = np.empty(len(scores.answer_cols), dtype=np.int64)
+    for rows, q in _pair_blocks(scores, table.shape[1] + scores.others.shape[1]):
+        cols = scores.answer_cols[rows]
+        s_a = np.where(cols >= 0, _gather(table, q, cols), scores.answer_static[rows]) - tol
+        above = (table[q] >= s_a[:, None]).sum(axis=1)
+        above += (scores.others[q] >= s_a[:, None]).sum(axis=1)
+        # The query's own nudged answers are not competitors.
+        pr, pc = _answer_cells(scores, rows, q)
+        own_above = (table[q[pr], pc] >= s_a[pr]).astype(np.float64)
+        above -= np.bincount(pr, weights=own_above, minlength=len(rows)).astype(np.int64)
+        counts[rows] = above
+    hist = np.zeros((scores.n_queries, k + 1), dtype=np.int64)
+    np.add.at(hist, (scores.pair_query, np.minimum(counts, k)), 1)
+    return float(objective.from_histograms(hist, scores.n_relevant).mean())
+
+
+def _curve_values(scores: ValidationScores, theta: float) -> np.ndarray:
+    a = np.asarray(scores.sims, np.float64)
+    b = np.asarray(scores.tangents, np.float64)
+    moving = theta < scores.angles
+    return np.where(moving, a * np.cos(theta) + b * np.sin(theta), scores.pulls)
+
+
+def _gather(table: np.ndarray, q: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``table[q, cols]`` where ``cols >= 0``, 0 elsewhere (and for a table without columns)."""
+    if table.shape[1] == 0:
+        return np.zeros(len(q), dtype=table.dtype)
+    return np.where(cols >= 0, table[q, np.maximum(cols, 0)], 0)
+
+
+def _pair_blocks(scores: ValidationScores, width: int):
+    """(pair indices, their queries) in blocks that keep ``len(block) * width`` bounded."""
+    n_pairs = len(scores.answer_cols)
+    step = max(1, _BLOCK_ELEMENTS // max(width, 1))
+    pair_query = scores.pair_query
+    for start in range(0, n_pairs, step):
+        rows = np.arange(start, min(start + step, n_pairs))
+        yield rows, pair_query[rows]
+
+
+def _answer_cells(scores: ValidationScores, rows: np.ndarray, q: np.ndarray):
+    """For each pair in ``rows`` (local index) and each nudged answer of its query: (local pair, column)."""
+    starts = scores.answer_ptr[q]
+    lens = scores.answer_ptr[q + 1] - starts
+    local = np.repeat(np.arange(len(rows)), lens)
+    offsets = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+    cols = scores.answer_cols[np.repeat(starts, lens) + offsets]
+    keep = cols >= 0
+    return local[keep], cols[keep]
+
+
+# --- NUDGE-M: lines ---------------------------------------------------------------------------
+
+
+def _line_events(scores: ValidationScores, k: int, upper: float):
+    """Per pair: the count of competitors above the answer just after gamma = 0, and its changes.
+
+    A competitor line is above the answer line for all gamma > 0 ("always"), on ``[0, t]`` (it
+    starts above and falls behind, L) or on ``[t, inf)`` (U). Only whether fewer than ``k`` lines
+    are above matters, so of the L thresholds only the ``k`` largest and of the U thresholds only
+    the ``k`` smallest can change anything: when ``k`` L lines are above, the count is at least ``k``
+    whatever the others do, and likewise for U.
+    """
+    n_pairs = len(scores.answer_cols)
+    init = np.zeros(n_pairs, dtype=np.int64)
+    ev_pair, ev_time, ev_delta = [], [], []
+    width = scores.sims.shape[1] + scores.others.shape[1]
+    for rows, q in _pair_blocks(scores, width):
+        cols = scores.answer_cols[rows]
+        nudged = cols >= 0
+        c_a = np.where(nudged, _gather(scores.sims, q, cols), scores.answer_static[rows])
+        m_a = np.where(nudged, _gather(scores.pulls, q, cols), 0.0)
+        dc = np.concatenate([scores.sims[q], scores.others[q]], axis=1).astype(np.float64)
+        dc -= c_a.astype(np.float64)[:, None]
+        dm = np.concatenate(
+            [scores.pulls[q], np.zeros((len(rows), scores.others.shape[1]), scores.pulls.dtype)],
+            axis=1,
+        ).astype(np.float64)
+        dm -= m_a.astype(np.float64)[:, None]
+        pr, pc = _answer_cells(scores, rows, q)
+        tol = _tolerance(scores.sims.dtype)
+        dc[np.abs(dc) <= tol] = 0.0
+        dm[np.abs(dm) <= tol] = 0.0
+        dc[pr, pc] = -np.inf
+        dm[pr, pc] = 0.0
+        always = (dc >= 0) & (dm >= 0)
+        falls = (dm < 0) & (dc > 0)
+        rises = (dm > 0) & (dc < 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = -dc / dm
+        rises &= t < upper
+        t_fall = np.where(falls, t, -np.inf)
+        t_rise = np.where(rises, t, np.inf)
+        t_fall = _largest(t_fall, k)
+        t_rise = -_largest(-t_rise, k)
+        init[rows] = always.sum(axis=1) + np.isfinite(t_fall).sum(axis=1)
+        # A fall past the upper end never happens inside the domain: the line stays above.
+        for table, delta in ((t_fall, -1), (t_rise, +1)):
+            r, c = np.nonzero(np.isfinite(table) & (table < upper))
+            ev_pair.append(rows[r])
+            ev_time.append(table[r, c])
+            ev_delta.append(np.full(len(r), delta, dtype=np.int64))
+    return init, np.concatenate(ev_pair), np.concatenate(ev_time), np.concatenate(ev_delta)
+
+
+def _largest(x: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` largest entries of each row (any order), padded with ``-inf``."""
+    if x.shape[1] < k:
+        x = np.concatenate([x, np.full((x.shape[0], k - x.shape[1]), -np.inf)], axis=1)
+    if k == 1:
+        return x.max(axis=1, keepdims=True)
+    return np.partition(x, x.shape[1] - k, axis=1)[:, x.shape[1] - k :]
+
+
+# --- NUDGE-N: turning curves ------------------------------------------------------------------
+
+
+def _curve_events(scores: ValidationScores, k: int, upper: float):
+    """As :func:`_line_events` for NUDGE-N's curves on ``theta in (0, upper)``.
+
+    Two curves can cross up to three times (each is a sinusoid until its saturation angle, then
+    flat), so there is no half-line structure to cut on. Instead, a competitor can only matter if
+    at some angle it may reach the top ``k``: its best score over the domain must reach the ``k``-th
+    best *lowest* score among the query's non-answers. That prunes all but a handful per query, and
+    the crossings of the rest are found in closed form.
+    """
+    sims = np.asarray(scores.sims, np.float64)
+    tang = np.asarray(scores.tangents, np.float64)
+    pulls = np.asarray(scores.pulls, np.float64)
+    angles = np.minimum(np.asarray(scores.angles, np.float64), upper)
+    nq, nn = sims.shape
+    ce, se = np.cos(angles), np.sin(angles)
+    end = sims * ce + tang * se
+    slope_end = -sims * se + tang * ce
+    radius = np.hypot(sims, tang)
+    high = np.maximum(
+        np.maximum(sims, end), np.where((tang > 0) & (slope_end < 0), radius, -np.inf)
+    )
+    low = np.minimum(np.minimum(sims, end), np.where((tang < 0) & (slope_end > 0), -radius, np.inf))
+    pair_query = scores.pair_query
+    ans_q = pair_query[scores.answer_cols >= 0]
+    ans_c = scores.answer_cols[scores.answer_cols >= 0]
+    high[ans_q, ans_c] = -np.inf
+    low[ans_q, ans_c] = -np.inf
+    others = np.asarray(scores.others, np.float64)
+    floor = _largest(np.concatenate([low, others], axis=1), k).min(axis=1)
+    tol = _tolerance(scores.sims.dtype)
+    sq, sj = np.nonzero((high >= floor[:, None] - tol) & np.isfinite(high))
+    oq, oi = np.nonzero(np.isfinite(others) & (others >= floor[:, None] - tol))
+
+    # Curves as (A, B, phi, flat value): untouched documents are flat from the start.
+    cand_q = np.concatenate([sq, oq])
+    order = np.argsort(cand_q, kind="stable")
+    cand_q = cand_q[order]
+    cand = np.stack(
+        [
+            np.concatenate([sims[sq, sj], others[oq, oi]]),
+            np.concatenate([tang[sq, sj], np.zeros(len(oq))]),
+            np.concatenate([angles[sj], np.zeros(len(oq))]),
+            np.concatenate([pulls[sq, sj], others[oq, oi]]),
+        ],
+        axis=1,
+    )[order]
+    cand_ptr = np.searchsorted(cand_q, np.arange(nq + 1))
+
+    cols = scores.answer_cols
+    nudged = cols >= 0
+    static = np.asarray(scores.answer_static, np.float64)
+    answer = np.stack(
+        [
+            np.where(nudged, _gather(sims, pair_query, cols), static),
+            np.where(nudged, _gather(tang, pair_query, cols), 0.0),
+            np.where(nudged, angles[np.maximum(cols, 0)] if nn else 0.0, 0.0),
+            np.where(nudged, _gather(pulls, pair_query, cols), static),
+        ],
+        axis=1,
+    )
+
+    n_pairs = len(cols)
+    per_pair = cand_ptr[pair_query + 1] - cand_ptr[pair_query]
+    init = np.zeros(n_pairs, dtype=np.int64)
+    ev_pair, ev_time, ev_delta = [], [], []
+    # Blocks of pairs whose triples (pair, competitor) keep the working set bounded.
+    budget = _BLOCK_ELEMENTS // 16
+    total = np.cumsum(per_pair)
+    cuts = (
+        np.searchsorted(total, np.arange(budget, total[-1] + budget, budget)) + 1 if n_pairs else []
+    )
+    edges = np.unique(np.clip(np.concatenate([[0], cuts, [n_pairs]]), 0, n_pairs))
+    for p0, p1 in itertools.pairwise(edges):
+        rows = np.arange(p0, p1)
+        lens = per_pair[rows]
+        if lens.sum() == 0:
+            continue
+        t_pair = np.repeat(rows, lens)
+        starts = cand_ptr[pair_query[rows]]
+        t_cand = (
+            np.repeat(starts, lens)
+            + np.arange(lens.sum())
+            - np.repeat(np.cumsum(lens) - lens, lens)
+        )
+        above0, e_loc, e_time, e_delta = _crossings(answer[t_pair], cand[t_cand], upper, tol)
+        init += np.bincount(t_pair, weights=above0, minlength=n_pairs).astype(np.int64)
+        ev_pair.append(t_pair[e_loc])
+        ev_time.append(e_time)
+        ev_delta.append(e_delta)
+    if not ev_pair:
+        empty = np.zeros(0)
+        return init, empty.astype(np.int64), empty, empty.astype(np.int64)
+    return init, np.concatenate(ev_pair), np.concatenate(ev_time), np.concatenate(ev_delta)
+
+
+def _curve_at(curve: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    a, b, phi, flat = (curve[:, i : i + 1] for i in range(4))
+    return np.where(theta < phi, a * np.cos(theta) + b * np.sin(theta), flat)
+
+
+def _crossings(answer: np.ndarray, other: np.ndarray, upper: float, tol: float):
+    """Where ``other`` is at or above ``answer`` on ``(0, upper)``, as a start value and changes.
+
+    Both are rows of (A, B, phi, flat). On each piece between the two saturation angles the
+    difference is ``alpha cos + beta sin + kappa``, whose zeros are ``psi +- arccos(-kappa / R)``.
+    The sign is then read at the middle of every gap between consecutive candidate points, so a
+    root found a little off never flips a decision, only moves it by that little.
+    """
+    n = len(answer)
+    phi_a = np.clip(answer[:, 2], 0.0, upper)
+    phi_o = np.clip(other[:, 2], 0.0, upper)
+    lo_kink, hi_kink = np.minimum(phi_a, phi_o), np.maximum(phi_a, phi_o)
+    piece_edges = np.stack([np.zeros(n), lo_kink, hi_kink, np.full(n, upper)], axis=1)
+    points = [piece_edges]
+    for i in range(3):
+        left, right = piece_edges[:, i], piece_edges[:, i + 1]
+        mid = 0.5 * (left + right)
+        a_moves = (mid < answer[:, 2])[:, None]
+        o_moves = (mid < other[:, 2])[:, None]
+        alpha = np.where(o_moves[:, 0], other[:, 0], 0.0) - np.where(
+            a_moves[:, 0], answer[:, 0], 0.0
+        )
+        beta = np.where(o_moves[:, 0], other[:, 1], 0.0) - np.where(
+            a_moves[:, 0], answer[:, 1], 0.0
+        )
+        kappa = np.where(o_moves[:, 0], 0.0, other[:, 3]) - np.where(
+            a_moves[:, 0], 0.0, answer[:, 3]
+        )
+        r = np.hypot(alpha, beta)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = -kappa / r
+        ok = (r > tol) & (np.abs(ratio) <= 1.0)
+        psi = np.arctan2(beta, alpha)
+        delta = np.arccos(np.clip(np.where(ok, ratio, 0.0), -1.0, 1.0))
+        for root in (psi + delta, psi - delta):
+            root = np.mod(root, 2.0 * np.pi)
+            inside = ok & (root > left) & (root < right)
+            points.append(np.where(inside, root, np.inf)[:, None])
+    pts = np.sort(np.concatenate(points, axis=1), axis=1)
+    # Drop repeats so that every gap between consecutive finite points has positive length.
+    repeat = np.zeros_like(pts, dtype=bool)
+    repeat[:, 1:] = pts[:, 1:] <= pts[:, :-1] + _MERGE
+    pts = np.sort(np.where(repeat, np.inf, pts), axis=1)
+    gap_ok = np.isfinite(pts[:, 1:])
+    mids = np.where(gap_ok, 0.5 * (pts[:, :-1] + np.where(gap_ok, pts[:, 1:], 0.0)), 0.0)
+    above = (_curve_at(other, mids) >= _curve_at(answer, mids) - tol) & gap_ok
+    above0 = above[:, 0].astype(np.float64)
+    change = gap_ok[:, 1:] & (above[:, 1:] != above[:, :-1])
+    r, c = np.nonzero(change)
+    times = pts[r, c + 1]
+    deltas = np.where(above[r, c + 1], 1, -1).astype(np.int64)
+    return above0, r, times, deltas
+
+
+# --- the sweep --------------------------------------------------------------------------------
+
+
+def _best_region(scores, objective, upper, init, ev_pair, ev_time, ev_delta):
+    """Turn per-pair count changes into the objective over gamma and return its best region."""
+    k = objective.k
+    pair_query = scores.pair_query
+    n_rel = scores.n_relevant
+    nq = scores.n_queries
+
+    # 1. Each pair's running count, capped at k: only changes below the cap move a metric.
+    order = np.lexsort((ev_time, ev_pair))
+    ev_pair, ev_time, ev_delta = ev_pair[order], ev_time[order], ev_delta[order]
+    running = _segment_cumsum(ev_delta, ev_pair) + init[ev_pair]
+    after = np.minimum(running, k)
+    before = np.minimum(running - ev_delta, k)
+    moved = after != before
+    q = pair_query[ev_pair[moved]]
+    t = ev_time[moved]
+    frm, to = before[moved], after[moved]
+
+    # 2. Each query's histogram of counts, before and after each change, in time order.
+    hist0 = np.zeros((nq, k + 1), dtype=np.int64)
+    np.add.at(hist0, (pair_query, np.minimum(init, k)), 1)
+    base = objective.from_histograms(hist0, n_rel)
+    order = np.lexsort((t, q))
+    q, t, frm, to = q[order], t[order], frm[order], to[order]
+    step = np.zeros((len(q), k + 1), dtype=np.int32)
+    np.add.at(step, (np.arange(len(q)), frm), -1)
+    np.add.at(step, (np.arange(len(q)), to), 1)
+    hist_after = hist0[q] + _segment_cumsum(step, q)
+    change = objective.from_histograms(hist_after, n_rel[q]) - objective.from_histograms(
+        hist_after - step, n_rel[q]
+    )
+
+    # 3. All queries together: the objective on each region between consecutive change points.
+    order = np.argsort(t, kind="stable")
+    t, change = t[order], change[order]
+    first = np.flatnonzero(np.r_[True, np.diff(t) > _MERGE * np.maximum(1.0, np.abs(t[1:]))])
+    first = first[first < len(t)]
+    times = t[first]
+    steps = np.add.reduceat(change, first) if len(t) else np.zeros(0)
+    totals = base.sum() + np.concatenate([[0.0], np.cumsum(steps)])
+    best = int(np.flatnonzero(totals >= totals.max() - _TIE)[0])
+    low = 0.0 if best == 0 else float(times[best - 1])
+    high = float(times[best]) if best < len(times) else float(upper)
+    return low, high, float(totals[best] / nq)
+
+
+def _segment_cumsum(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Cumulative sum of ``values`` (along axis 0) restarting wherever sorted ``keys`` change."""
+    if len(values) == 0:
+        return values.copy()
+    total = np.cumsum(values, axis=0)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    lengths = np.diff(np.r_[starts, len(keys)])
+    offset = total[starts] - values[starts]
+    return total - np.repeat(offset, lengths, axis=0)

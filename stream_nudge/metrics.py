@@ -1,0 +1,79 @@
+"""Test-set retrieval metrics, as the NUDGE paper's evaluation computes them.
+
+Retrieval is by dot product over all documents. With ``rel`` the graded relevance of a query's
+judged documents:
+- ``R@k = |relevant in top k| / min(#relevant, k)``;
+- ``NDCG@k`` with linear gains (gain = grade) and discount ``1 / log2(rank + 1)``;
+- ``MRR``: reciprocal rank of the first relevant document, over the whole ranking.
+Ties in score are broken by document row (the lower row first), which is what a stable sort of
+the negated scores gives; with float scores they are rare.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["rankings", "retrieval_metrics"]
+
+# Validation queries are scored against the corpus in blocks of this many queries.
+_QUERY_BLOCK = 256
+
+
+def rankings(doc_embeddings: np.ndarray, queries: np.ndarray, depth: int) -> np.ndarray:
+    """The ``depth`` best document rows per query, best first (ties: lower row first)."""
+    docs = np.asarray(doc_embeddings, dtype=np.float32)
+    q = np.asarray(queries, dtype=np.float32)
+    depth = min(depth, docs.shape[0])
+    out = np.empty((q.shape[0], depth), dtype=np.int64)
+    for start in range(0, q.shape[0], _QUERY_BLOCK):
+        scores = q[start : start + _QUERY_BLOCK] @ docs.T
+        part = (
+            np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
+            if depth < docs.shape[0]
+            else (np.tile(np.arange(docs.shape[0]), (scores.shape[0], 1)))
+        )
+        picked = np.take_along_axis(scores, part, axis=1)
+        order = np.lexsort((part, -picked), axis=1)
+        out[start : start + scores.shape[0]] = np.take_along_axis(part, order, axis=1)
+    return out
+
+
+def retrieval_metrics(
+    doc_embeddings: np.ndarray,
+    queries: np.ndarray,
+    relevance: Sequence[Mapping[int, float]],
+    ks: Sequence[int] = (1, 10),
+    ndcg_k: int = 10,
+) -> dict[str, float]:
+    """Mean R@k for each ``k``, NDCG@``ndcg_k`` and MRR over ``queries``, in percent.
+
+    ``relevance[i]`` maps document rows to the grade (> 0) of query ``i``'s judged documents.
+
+    >>> docs = np.eye(3)
+    >>> retrieval_metrics(docs, np.array([[0.0, 1.0, 0.5]]), [{2: 1}])["R@1"]
+    0.0
+    """
+    n_docs = np.asarray(doc_embeddings).shape[0]
+    ranked = rankings(doc_embeddings, queries, n_docs)
+    recall = {k: [] for k in ks}
+    ndcg, mrr = [], []
+    discount = 1.0 / np.log2(np.arange(2, n_docs + 2))
+    for i, rel in enumerate(relevance):
+        grades = np.zeros(n_docs)
+        for row, grade in rel.items():
+            grades[row] = grade
+        hits = grades[ranked[i]] > 0
+        n_rel = int((grades > 0).sum())
+        for k in ks:
+            recall[k].append(hits[:k].sum() / min(n_rel, k))
+        gains = grades[ranked[i][:ndcg_k]]
+        ideal = np.sort(grades)[::-1][:ndcg_k]
+        ndcg.append((gains * discount[: len(gains)]).sum() / (ideal * discount[: len(ideal)]).sum())
+        first = np.flatnonzero(hits)
+        mrr.append(1.0 / (first[0] + 1) if first.size else 0.0)
+    out = {f"R@{k}": 100.0 * float(np.mean(v)) for k, v in recall.items()}
+    out[f"NDCG@{ndcg_k}"] = 100.0 * float(np.mean(ndcg))
+    out["MRR"] = 100.0 * float(np.mean(mrr))
+    return out
