@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream_nudge.core.geometry import Rotation, nudge_m, nudge_n, rotation, unit_rows
+from stream_nudge.core.geometry import nudge_m, nudge_n, rotation, unit_rows
 from stream_nudge.core.objectives import parse_objective
 from stream_nudge.core.selection import (
     Selection,
@@ -118,7 +118,8 @@ def fine_tune(
     """
     method = _check_method(method)
     obj = parse_objective(objective)
-    docs = _matrix("doc_embeddings", doc_embeddings)
+    # Finite and non-zero rows are checked during the corpus pass, where the rows are in cache.
+    docs = _matrix("doc_embeddings", doc_embeddings, check_finite=False)
     n_docs, dim = docs.shape
     if n_docs == 0 or dim == 0:
         raise ValueError("doc_embeddings: needs at least one document of dimension >= 1")
@@ -132,25 +133,24 @@ def fine_tune(
     if max_gamma is not None:
         max_gamma = _gamma("max_gamma", max_gamma, method)
 
-    embeddings, nonzero = unit_rows(docs)
-    if not nonzero.all():
-        raise ValueError(
-            f"doc_embeddings: row {int(np.argmin(nonzero))} is zero; documents need a direction"
-        )
-
     nudged, directions = query_directions(train_q, train_ptr, train_rows, weights, n_docs)
-    originals = embeddings[nudged].astype(np.float64)
-    plane = None
-    if method == "nudge-n":
-        plane = rotation(originals, directions)
-        # Where no turn exists (dim 1 and g = -d) the document stays put: it is not nudged.
-        keep = plane.movable
-        nudged, directions, originals = nudged[keep], directions[keep], originals[keep]
-        plane = Rotation(plane.tangent[keep], plane.angle[keep], plane.movable[keep])
+    if method == "nudge-n" and dim == 1:
+        # In one dimension a document pulled to its opposite has no way to turn: it stays put.
+        same_side = np.sign(docs[nudged, 0]) == np.sign(directions[:, 0])
+        nudged, directions = nudged[same_side], directions[same_side]
 
     val_ptr, val_rows, val_keep = _drop_unanswered(val_ptr, val_rows)
     v_unit, _ = unit_rows(val_q[val_keep])
-    scores = build_scores(v_unit, embeddings, nudged, directions, val_ptr, val_rows, obj.k, plane)
+    # One pass over the corpus normalises it and scores it against the validation queries.
+    embeddings = np.empty(docs.shape, dtype=np.float32)
+    col_of = np.full(n_docs, -1, dtype=np.int64)
+    col_of[nudged] = np.arange(len(nudged))
+    sims, others = static_others(v_unit, embeddings, col_of, val_ptr, val_rows, obj.k, raw=docs)
+    originals = embeddings[nudged].astype(np.float64)
+    plane = rotation(originals, directions) if method == "nudge-n" else None
+    scores = assemble_scores(
+        v_unit, embeddings, col_of, sims, others, directions, val_ptr, val_rows, plane
+    )
 
     selection = None
     if gamma is None:
@@ -180,20 +180,19 @@ def fine_tune(
 def query_directions(queries, ptr, rows, weights, n_docs):
     """Documents with a non-zero training sum ``G_j = sum w q`` and the unit direction of each.
 
-    Queries and weights are divided by their largest magnitudes first: the direction does not
-    change, and sums of float32 extremes stay finite in float64.
+    Sums run in float64, where float32 queries cannot overflow; weights are divided by their
+    largest magnitude first (the direction does not change), so huge weights cannot either.
     """
     counts = np.diff(ptr)
     q_of_pair = np.repeat(np.arange(len(counts)), counts)
     if len(rows) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros((0, queries.shape[1]))
-    q_scale = np.abs(queries).max(initial=0.0) or 1.0
-    w_scale = np.abs(weights).max(initial=0.0) or 1.0
     order = np.argsort(rows, kind="stable")
     doc_sorted = rows[order]
-    contrib = (queries[q_of_pair[order]].astype(np.float64) / q_scale) * (
-        weights[q_of_pair[order]] / w_scale
-    )[:, None]
+    contrib = queries[q_of_pair[order]].astype(np.float64)
+    if not np.all(weights == 1.0):
+        w = weights / (np.abs(weights).max(initial=0.0) or 1.0)
+        contrib *= w[q_of_pair[order]][:, None]
     starts = np.flatnonzero(np.r_[True, doc_sorted[1:] != doc_sorted[:-1]])
     sums = np.add.reduceat(contrib, starts, axis=0)
     directions, nonzero = unit_rows(sums, out=np.empty_like(sums))
@@ -228,8 +227,16 @@ def build_scores(
             raise ValueError(
                 f"others: expected shape [{v_unit.shape[0]}, >= {k}], got {others.shape}"
             )
+    return assemble_scores(
+        v_unit, embeddings, col_of, sims, others, directions, val_ptr, val_rows, plane
+    )
+
+
+def assemble_scores(
+    v_unit, embeddings, col_of, sims, others, directions, val_ptr, val_rows, plane=None
+):
+    """ValidationScores from the corpus pass's results plus products with the nudged rows."""
     pair_q = np.repeat(np.arange(len(val_ptr) - 1), np.diff(val_ptr))
-    answer_cols = col_of[val_rows]
     answer_static = np.einsum("ij,ij->i", v_unit[pair_q], embeddings[val_rows]).astype(np.float64)
     pulls = v_unit @ directions.astype(v_unit.dtype).T
     tangents = angles = None
@@ -240,7 +247,7 @@ def build_scores(
         sims=sims,
         pulls=pulls,
         answer_ptr=val_ptr,
-        answer_cols=answer_cols,
+        answer_cols=col_of[val_rows],
         answer_static=answer_static,
         others=others,
         tangents=tangents,
@@ -248,34 +255,50 @@ def build_scores(
     )
 
 
-def static_others(v_unit, embeddings, col_of, val_ptr, val_rows, k):
+def static_others(v_unit, embeddings, col_of, val_ptr, val_rows, k, raw=None):
     """One pass over the corpus: scores against nudged documents, and the best ``k`` others.
 
     Returns ``(sims [n_val, n_nudged], others [n_val, k])``; ``others`` leaves out nudged documents
-    and each query's own answers.
+    and each query's own answers. Blocks are scored documents-by-queries, so that leaving out a
+    document is writing one contiguous row. With ``raw`` given, each block of it is first checked
+    (finite, non-zero) and normalised into ``embeddings``: the corpus is read once, not twice.
     """
     n_val = v_unit.shape[0]
     n_docs = embeddings.shape[0]
     n_nudged = int((col_of >= 0).sum())
     dtype = np.result_type(v_unit, embeddings)
-    sims = np.empty((n_val, n_nudged), dtype=dtype)
-    others = np.full((n_val, k), -np.inf, dtype=dtype)
+    sims_t = np.empty((n_nudged, n_val), dtype=dtype)
+    others = np.full((k, n_val), -np.inf, dtype=dtype)
     pair_q = np.repeat(np.arange(n_val), np.diff(val_ptr))
     block = max(256, _PASS_CELLS // max(n_val, 1))
+    v_t = np.ascontiguousarray(v_unit.T)
     for start in range(0, n_docs, block):
         stop = min(start + block, n_docs)
-        table = v_unit @ embeddings[start:stop].T
+        if raw is not None:
+            _normalise_block(raw, embeddings, start, stop)
+        table = embeddings[start:stop] @ v_t
         local = np.flatnonzero(col_of[start:stop] >= 0)
-        sims[:, col_of[start + local]] = table[:, local]
-        table[:, local] = -np.inf
+        sims_t[col_of[start + local]] = table[local]
+        table[local] = -np.inf
         inside = (val_rows >= start) & (val_rows < stop)
-        table[pair_q[inside], val_rows[inside] - start] = -np.inf
+        table[val_rows[inside] - start, pair_q[inside]] = -np.inf
         if k == 1:
-            np.maximum(others[:, 0], table.max(axis=1, initial=-np.inf), out=others[:, 0])
+            np.maximum(others[0], table.max(axis=0, initial=-np.inf), out=others[0])
         else:
-            best = _top(table, k)
-            others = _top(np.concatenate([others, best], axis=1), k)
-    return sims, others
+            best = _top(table.T, k)
+            others = _top(np.concatenate([others.T, best], axis=1), k).T
+    return np.ascontiguousarray(sims_t.T), np.ascontiguousarray(others.T)
+
+
+def _normalise_block(raw, embeddings, start, stop):
+    rows = raw[start:stop]
+    if not np.isfinite(rows).all():
+        bad = start + int(np.argmin(np.isfinite(rows).all(axis=1)))
+        raise ValueError(f"doc_embeddings: row {bad} contains NaN or Inf")
+    _, nonzero = unit_rows(rows, out=embeddings[start:stop])
+    if not nonzero.all():
+        bad = start + int(np.argmin(nonzero))
+        raise ValueError(f"doc_embeddings: row {bad} is zero; documents need a direction")
 
 
 def _top(x: np.ndarray, k: int) -> np.ndarray:
@@ -295,7 +318,7 @@ def _check_method(method: str) -> str:
     return name
 
 
-def _matrix(name: str, x, dim: int | None = None) -> np.ndarray:
+def _matrix(name: str, x, dim: int | None = None, check_finite: bool = True) -> np.ndarray:
     try:
         arr = np.asarray(x)
     except Exception as exc:  # ragged nested lists and the like
@@ -308,31 +331,46 @@ def _matrix(name: str, x, dim: int | None = None) -> np.ndarray:
         raise ValueError(f"{name}: expected numbers, got dtype {arr.dtype}")
     if dim is not None and arr.shape[1] != dim:
         raise ValueError(f"{name}: dimension {arr.shape[1]} does not match doc_embeddings' {dim}")
-    if not np.isfinite(arr).all():
+    if check_finite and not np.isfinite(arr).all():
         raise ValueError(f"{name}: contains NaN or Inf")
     return arr
 
 
 def _answers(name: str, answers, n_queries: int, n_docs: int):
+    """Per-query answer lists as CSR (``ptr``, ``rows``), each query's rows sorted and unique."""
     if answers is None or len(answers) != n_queries:
         got = "None" if answers is None else len(answers)
         raise ValueError(
             f"{name}: needs one list of document rows per query ({n_queries}), got {got}"
         )
-    ptr = np.zeros(n_queries + 1, dtype=np.int64)
-    rows: list[np.ndarray] = []
-    for i, ans in enumerate(answers):
-        try:
-            arr = np.unique(np.asarray(list(ans), dtype=np.int64))
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise ValueError(f"{name}[{i}]: not a list of integer document rows ({exc})") from exc
-        if arr.size and (arr[0] < 0 or arr[-1] >= n_docs):
-            bad = arr[0] if arr[0] < 0 else arr[-1]
-            raise ValueError(f"{name}[{i}]: document row {bad} is out of range [0, {n_docs})")
-        rows.append(arr)
-        ptr[i + 1] = ptr[i] + arr.size
-    flat = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-    return ptr, flat
+    try:
+        lengths = np.fromiter((len(a) for a in answers), dtype=np.int64, count=n_queries)
+        flat = np.asarray([x for a in answers for x in a])
+    except TypeError as exc:
+        raise ValueError(
+            f"{name}: each entry must be a list of integer document rows ({exc})"
+        ) from exc
+    if flat.size and flat.dtype.kind not in "iu":
+        integral = (
+            flat.dtype.kind == "f" and np.all(np.isfinite(flat)) and np.all(flat == np.round(flat))
+        )
+        if not integral:
+            bad = int(np.searchsorted(np.cumsum(lengths), 1, side="right"))
+            raise ValueError(
+                f"{name}: document rows must be integers (first bad list: {name}[{bad}])"
+            )
+    flat = flat.astype(np.int64) if flat.size else np.zeros(0, dtype=np.int64)
+    query = np.repeat(np.arange(n_queries), lengths)
+    out_of_range = (flat < 0) | (flat >= n_docs)
+    if out_of_range.any():
+        i = int(np.argmax(out_of_range))
+        raise ValueError(
+            f"{name}[{query[i]}]: document row {flat[i]} is out of range [0, {n_docs})"
+        )
+    key = np.unique(query * np.int64(n_docs) + flat)
+    query, rows = key // n_docs, key % n_docs
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(query, minlength=n_queries))]).astype(np.int64)
+    return ptr, rows
 
 
 def _weights(weights, n: int) -> np.ndarray:

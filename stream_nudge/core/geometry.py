@@ -21,6 +21,11 @@ __all__ = [
 # Rows are normalised in blocks so that the float64 working copy stays small next to a large corpus.
 _BLOCK_ROWS = 16384
 
+# Between these magnitudes float32 squares and their sums stay normal numbers (float32 runs from
+# 1e-38 to 3e38, and 384 squares of 1e18 sum to 4e38 ... safely below with 1e17), so a float32 row
+# can be normalised without widening it.
+_SAFE_LOW, _SAFE_HIGH = 1e-17, 1e17
+
 # Below this |g - (g.d) d| the unit tangent is recomputed from a fixed axis: G is (anti)parallel to d
 # up to rounding, and dividing by a near-zero norm would amplify rounding into direction.
 _TANGENT_EPS = 1e-12
@@ -49,13 +54,23 @@ def unit_rows(x: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray,
         out = np.empty(x.shape, dtype=np.float32)
     nonzero = np.zeros(x.shape[0], dtype=bool)
     for start in range(0, x.shape[0], _BLOCK_ROWS):
-        block = np.asarray(x[start : start + _BLOCK_ROWS], dtype=np.float64)
-        scale = np.abs(block).max(axis=1, initial=0.0)
-        ok = scale > 0
-        block = block / np.where(ok, scale, 1.0)[:, None]
-        norm = np.sqrt(np.einsum("ij,ij->i", block, block))
-        out[start : start + block.shape[0]] = block / np.where(ok, norm, 1.0)[:, None]
-        nonzero[start : start + block.shape[0]] = ok
+        stop = min(start + _BLOCK_ROWS, x.shape[0])
+        block = x[start:stop]
+        peak = np.abs(block).max(initial=0.0)
+        if block.dtype == np.float32 and out.dtype == np.float32 and _SAFE_LOW < peak < _SAFE_HIGH:
+            # Squares neither overflow nor vanish: float32 all the way, as fast as a copy.
+            # np.linalg.norm sums squares pairwise: float32 norms good to a few ulps.
+            norm = np.linalg.norm(block, axis=1)
+            ok = norm > 0
+            np.divide(block, np.where(ok, norm, 1.0)[:, None], out=out[start:stop])
+        else:
+            wide = np.asarray(block, dtype=np.float64)
+            scale = np.abs(wide).max(axis=1, initial=0.0)
+            ok = scale > 0
+            wide = wide / np.where(ok, scale, 1.0)[:, None]
+            norm = np.sqrt(np.einsum("ij,ij->i", wide, wide))
+            out[start:stop] = wide / np.where(ok, norm, 1.0)[:, None]
+        nonzero[start:stop] = ok
     return out, nonzero
 
 

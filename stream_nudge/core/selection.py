@@ -18,7 +18,6 @@ number of nudged documents, not with the corpus.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +46,15 @@ def _tolerance(dtype) -> float:
         np.finfo(np.dtype(dtype) if np.dtype(dtype).kind == "f" else np.float64).eps
     )
 
+
+# Where NUDGE-M's best region has no end, gamma is taken this far past its start (or twice the
+# start): a tenth of a document's length clears rounding-level ties and is still a small move.
+_OPEN_STEP = 0.1
+
+# NUDGE-N's pruning cuts the angle domain into this many cells and scans the validation queries in
+# blocks of this many rows; 8 cells of 11 degrees bound a score within 0.5% of its end values.
+_CELLS = 12
+_QUERY_BLOCK = 32
 
 # Change points closer than this (relative) are one point. Two curves that touch, or three that
 # cross at one point, give change points that differ only by rounding; a "region" between them
@@ -131,9 +139,9 @@ def select_gamma(
     if method == "nudge-m":
         if low == 0.0 and not np.isfinite(high):
             # One region for all gamma > 0. Stay at 0 unless 0 itself is worse (a tie at 0 that any
-            # step breaks in the answers' favour); then any step does, and 1 is as good as any.
+            # step breaks in the answers' favour); then take a modest step.
             at_zero = objective_at(scores, objective, method, 0.0)
-            gamma = 0.0 if at_zero >= value - _TIE else 1.0
+            gamma = 0.0 if at_zero >= value - _TIE else _OPEN_STEP
             return Selection(gamma, value, low, high)
         return Selection(_middle(low, high), value, low, high)
     g_low, g_high = float(theta_to_gamma(low)), float(theta_to_gamma(high))
@@ -142,47 +150,77 @@ def select_gamma(
 
 def _middle(low: float, high: float) -> float:
     if not np.isfinite(high):
-        # The last region of NUDGE-M never ends; any point in it is as good. Twice its start
-        # keeps clear of the tie at the start by as much as the start itself measures.
-        return 2.0 * low
+        # The last region of NUDGE-M never ends; every point in it is as good. Step well clear of
+        # its start, where the deciding lines are still within rounding of each other.
+        return low + max(low, _OPEN_STEP)
     return 0.5 * (low + high)
 
 
 def objective_at(
     scores: ValidationScores, objective: Objective, method: str, gamma: float
 ) -> float:
-    """The mean objective over the validation queries at one gamma, by direct evaluation."""
+    """The mean objective over the validation queries at one gamma, by direct evaluation.
+
+    A competitor counts as above an answer when it scores at least the answer's score minus the
+    rounding tolerance (ties go against the answer), exactly as the sweep in :func:`select_gamma`
+    reads it, so the two agree at every gamma.
+    """
     if scores.n_queries == 0:
         return 0.0
     k = objective.k
     tol = _tolerance(scores.sims.dtype)
-    if method == "nudge-m":
-        table = np.asarray(scores.sims, np.float64) + gamma * np.asarray(scores.pulls, np.float64)
-        tol *= 1.0 + gamma  # the rounding of c + gamma m grows with gamma
-    else:
-        theta = float(gamma_to_theta(gamma))
-        table = _curve_values(scores, theta)
+    theta = float(gamma_to_theta(gamma)) if method == "nudge-n" else 0.0
+    dtype = np.result_type(scores.sims.dtype, np.float32)
     counts = np.empty(len(scores.answer_cols), dtype=np.int64)
-    for rows, q in _pair_blocks(scores, table.shape[1] + scores.others.shape[1]):
+    for rows, q in _pair_blocks(scores, scores.sims.shape[1] + scores.others.shape[1]):
         cols = scores.answer_cols[rows]
-        s_a = np.where(cols >= 0, _gather(table, q, cols), scores.answer_static[rows]) - tol
-        above = (table[q] >= s_a[:, None]).sum(axis=1)
-        above += (scores.others[q] >= s_a[:, None]).sum(axis=1)
-        # The query's own nudged answers are not competitors.
         pr, pc = _answer_cells(scores, rows, q)
-        own_above = (table[q[pr], pc] >= s_a[pr]).astype(np.float64)
-        above -= np.bincount(pr, weights=own_above, minlength=len(rows)).astype(np.int64)
-        counts[rows] = above
+        if method == "nudge-m":
+            gap = _line_gaps(scores, rows, q, dtype)
+            dc, dm = gap
+            diff = dc + np.asarray(gamma, dtype) * dm
+        else:
+            answer = _answer_curves(scores, rows)
+            comp = np.concatenate(
+                [
+                    np.where(
+                        theta < np.asarray(scores.angles, np.float64)[None, :],
+                        np.take(scores.sims, q, axis=0).astype(np.float64) * np.cos(theta)
+                        + np.take(scores.tangents, q, axis=0).astype(np.float64) * np.sin(theta),
+                        np.take(scores.pulls, q, axis=0).astype(np.float64),
+                    ),
+                    np.asarray(scores.others, np.float64)[q],
+                ],
+                axis=1,
+            )
+            diff = comp - _curve_at(answer, np.full((len(rows), 1), theta))
+        diff[pr, pc] = -np.inf  # the query's own answers are not competitors
+        counts[rows] = (diff >= -tol).sum(axis=1)
+        del cols
     hist = np.zeros((scores.n_queries, k + 1), dtype=np.int64)
     np.add.at(hist, (scores.pair_query, np.minimum(counts, k)), 1)
     return float(objective.from_histograms(hist, scores.n_relevant).mean())
 
 
-def _curve_values(scores: ValidationScores, theta: float) -> np.ndarray:
-    a = np.asarray(scores.sims, np.float64)
-    b = np.asarray(scores.tangents, np.float64)
-    moving = theta < scores.angles
-    return np.where(moving, a * np.cos(theta) + b * np.sin(theta), scores.pulls)
+def _line_gaps(scores: ValidationScores, rows: np.ndarray, q: np.ndarray, dtype):
+    """For pairs ``rows``: each competitor's line minus the answer's, as (dc, dm).
+
+    Competitors are the nudged documents, then the query's best untouched ones. Slopes within the
+    rounding tolerance of the answer's are made equal: such lines are parallel up to rounding, and
+    taking the rounding at its word would put crossings at absurd gammas.
+    """
+    cols = scores.answer_cols[rows]
+    nudged = cols >= 0
+    c_a = np.where(nudged, _gather(scores.sims, q, cols), scores.answer_static[rows]).astype(dtype)
+    m_a = np.where(nudged, _gather(scores.pulls, q, cols), 0.0).astype(dtype)
+    others = np.asarray(scores.others, dtype)[q]
+    dc = np.concatenate([np.take(scores.sims, q, axis=0).astype(dtype, copy=False), others], axis=1)
+    dc -= c_a[:, None]
+    dm = np.zeros_like(dc)
+    dm[:, : scores.sims.shape[1]] = np.take(scores.pulls, q, axis=0)
+    dm -= m_a[:, None]
+    dm[np.abs(dm) <= _tolerance(scores.sims.dtype)] = 0.0
+    return dc, dm
 
 
 def _gather(table: np.ndarray, q: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -228,41 +266,30 @@ def _line_events(scores: ValidationScores, k: int, upper: float):
     n_pairs = len(scores.answer_cols)
     init = np.zeros(n_pairs, dtype=np.int64)
     ev_pair, ev_time, ev_delta = [], [], []
-    width = scores.sims.shape[1] + scores.others.shape[1]
-    for rows, q in _pair_blocks(scores, width):
-        cols = scores.answer_cols[rows]
-        nudged = cols >= 0
-        c_a = np.where(nudged, _gather(scores.sims, q, cols), scores.answer_static[rows])
-        m_a = np.where(nudged, _gather(scores.pulls, q, cols), 0.0)
-        dc = np.concatenate([scores.sims[q], scores.others[q]], axis=1).astype(np.float64)
-        dc -= c_a.astype(np.float64)[:, None]
-        dm = np.concatenate(
-            [scores.pulls[q], np.zeros((len(rows), scores.others.shape[1]), scores.pulls.dtype)],
-            axis=1,
-        ).astype(np.float64)
-        dm -= m_a.astype(np.float64)[:, None]
+    dtype = np.result_type(scores.sims.dtype, np.float32)
+    tol = _tolerance(scores.sims.dtype)
+    # A competitor is above the answer where dc + gamma * dm >= -tol (ties count against the
+    # answer, as in objective_at): always, from t on (rises), or up to t (falls).
+    for rows, q in _pair_blocks(scores, scores.sims.shape[1] + scores.others.shape[1]):
+        dc, dm = _line_gaps(scores, rows, q, dtype)
         pr, pc = _answer_cells(scores, rows, q)
-        tol = _tolerance(scores.sims.dtype)
-        dc[np.abs(dc) <= tol] = 0.0
-        dm[np.abs(dm) <= tol] = 0.0
         dc[pr, pc] = -np.inf
-        dm[pr, pc] = 0.0
-        always = (dc >= 0) & (dm >= 0)
-        falls = (dm < 0) & (dc > 0)
-        rises = (dm > 0) & (dc < 0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = -dc / dm
+        always = (dc >= -tol) & (dm >= 0)
+        falls = (dm < 0) & (dc > -tol)
+        rises = (dm > 0) & (dc < -tol)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            t = np.negative(dc, out=dc)
+            t -= tol
+            t /= dm
         rises &= t < upper
-        t_fall = np.where(falls, t, -np.inf)
-        t_rise = np.where(rises, t, np.inf)
-        t_fall = _largest(t_fall, k)
-        t_rise = -_largest(-t_rise, k)
+        t_fall = _largest(np.where(falls, t, -np.inf), k)
+        t_rise = -_largest(np.where(rises, -t, -np.inf), k)
         init[rows] = always.sum(axis=1) + np.isfinite(t_fall).sum(axis=1)
         # A fall past the upper end never happens inside the domain: the line stays above.
         for table, delta in ((t_fall, -1), (t_rise, +1)):
             r, c = np.nonzero(np.isfinite(table) & (table < upper))
             ev_pair.append(rows[r])
-            ev_time.append(table[r, c])
+            ev_time.append(table[r, c].astype(np.float64))
             ev_delta.append(np.full(len(r), delta, dtype=np.int64))
     return init, np.concatenate(ev_pair), np.concatenate(ev_time), np.concatenate(ev_delta)
 
@@ -283,75 +310,148 @@ def _curve_events(scores: ValidationScores, k: int, upper: float):
     """As :func:`_line_events` for NUDGE-N's curves on ``theta in (0, upper)``.
 
     Two curves can cross up to three times (each is a sinusoid until its saturation angle, then
-    flat), so there is no half-line structure to cut on. Instead, a competitor can only matter if
-    at some angle it may reach the top ``k``: its best score over the domain must reach the ``k``-th
-    best *lowest* score among the query's non-answers. That prunes all but a handful per query, and
-    the crossings of the rest are found in closed form.
+    flat), so there is no half-line structure to cut on. Instead the domain is cut into cells, and
+    per cell a (query, document) pair is kept only if the document can get near one of the query's
+    answers there. Within a cell of width ``w`` a score with ``|v| = 1`` strays at most
+    ``1 - cos(w/2)`` beyond the range of its two end values, so end values bound it without trig.
+    A (validation pair, cell) is *dead* when ``k`` non-answers are surely above the answer all
+    through the cell: its count is at least ``k`` there whatever else happens, so it asks nothing
+    of the competitors. The few kept competitors' crossings are then found in closed form.
     """
-    sims = np.asarray(scores.sims, np.float64)
-    tang = np.asarray(scores.tangents, np.float64)
-    pulls = np.asarray(scores.pulls, np.float64)
-    angles = np.minimum(np.asarray(scores.angles, np.float64), upper)
-    nq, nn = sims.shape
-    ce, se = np.cos(angles), np.sin(angles)
-    end = sims * ce + tang * se
-    slope_end = -sims * se + tang * ce
-    radius = np.hypot(sims, tang)
-    high = np.maximum(
-        np.maximum(sims, end), np.where((tang > 0) & (slope_end < 0), radius, -np.inf)
-    )
-    low = np.minimum(np.minimum(sims, end), np.where((tang < 0) & (slope_end > 0), -radius, np.inf))
-    pair_query = scores.pair_query
-    ans_q = pair_query[scores.answer_cols >= 0]
-    ans_c = scores.answer_cols[scores.answer_cols >= 0]
-    high[ans_q, ans_c] = -np.inf
-    low[ans_q, ans_c] = -np.inf
-    others = np.asarray(scores.others, np.float64)
-    floor = _largest(np.concatenate([low, others], axis=1), k).min(axis=1)
+    nq, nn = scores.sims.shape
     tol = _tolerance(scores.sims.dtype)
-    sq, sj = np.nonzero((high >= floor[:, None] - tol) & np.isfinite(high))
-    oq, oi = np.nonzero(np.isfinite(others) & (others >= floor[:, None] - tol))
+    pair_query = scores.pair_query
+    n_pairs = len(pair_query)
+    angles = np.asarray(scores.angles, np.float64)
+    answer = _answer_curves(scores)
+    edges = np.linspace(0.0, upper, _CELLS + 1)
+    # Bounds within a cell, from end values: a score (amplitude <= 1) strays at most `slack` beyond
+    # them, a difference of two scores at most twice that. 1% over covers |v| a rounding above 1;
+    # tol covers float32 scores.
+    slack = 1.01 * (1.0 - np.cos(0.5 * (edges[1] - edges[0]))) + tol
+    slack2 = 2.0 * slack
+    at_edges = _curve_at(answer, np.broadcast_to(edges, (n_pairs, _CELLS + 1)))
+    ans_low = np.minimum(at_edges[:, :-1], at_edges[:, 1:]) - slack
+    ans_high = np.maximum(at_edges[:, :-1], at_edges[:, 1:]) + slack
+    # Where a curve saturates inside a cell it is not one sinusoid there, and only the bound on
+    # its own range holds; the sharper bound on differences needs both curves smooth.
+    ans_kink = (answer[:, 2][:, None] > edges[None, :-1]) & (
+        answer[:, 2][:, None] < edges[None, 1:]
+    )
+    doc_kink = (angles[None, :] > edges[:-1, None]) & (angles[None, :] < edges[1:, None])
 
-    # Curves as (A, B, phi, flat value): untouched documents are flat from the start.
+    others = np.asarray(scores.others)
+    keep = np.zeros((nq, nn), dtype=bool)
+    keep_others = np.zeros(others.shape, dtype=bool)
+    dead = np.zeros((n_pairs, _CELLS), dtype=bool)
+    cos_e, sin_e = np.cos(edges), np.sin(edges)
+    dtype = np.result_type(scores.sims.dtype, np.float32)
+    for q0 in range(0, nq, _QUERY_BLOCK):
+        q1 = min(q0 + _QUERY_BLOCK, nq)
+        nb = q1 - q0
+        a = np.asarray(scores.sims[q0:q1], dtype)
+        b = np.asarray(scores.tangents[q0:q1], dtype)
+        flat = np.asarray(scores.pulls[q0:q1], dtype)
+        p0, p1 = scores.answer_ptr[q0], scores.answer_ptr[q1]
+        pq = pair_query[p0:p1] - q0
+        cols = scores.answer_cols[p0:p1]
+        cell_r, cell_c = pq[cols >= 0], cols[cols >= 0]
+        block_others = others[q0:q1]
+        if k == 1:
+            best_other = block_others.max(axis=1, initial=-np.inf)
+        else:
+            best_other = _largest(block_others, k).min(axis=1)
+        prev, nxt, tmp = a.copy(), np.empty_like(a), np.empty_like(a)
+        # The best edge difference to a live answer over all cells; compared once at the end.
+        reach_best = np.full(a.shape, -np.inf, dtype=dtype)
+        block_keep = keep[q0:q1]
+        for c in range(_CELLS):
+            # Scores at the cell's right edge, flat where the document has saturated.
+            np.multiply(a, cos_e[c + 1], out=nxt)
+            np.multiply(b, sin_e[c + 1], out=tmp)
+            nxt += tmp
+            np.copyto(nxt, flat, where=(edges[c + 1] >= angles)[None, :])
+            # The k-th best score that non-answers surely reach everywhere in the cell; an answer
+            # below it all through the cell is dead there.
+            np.minimum(prev, nxt, out=tmp)
+            tmp[cell_r, cell_c] = -np.inf
+            if k == 1:
+                floor = np.maximum(tmp.max(axis=1, initial=-np.inf) - slack, best_other)
+            else:
+                floor = _largest(np.concatenate([tmp - slack, block_others], axis=1), k).min(axis=1)
+            live = ans_high[p0:p1, c] >= floor[pq] - tol
+            dead[p0:p1, c] = ~live
+            lp = np.flatnonzero(live)
+            # The lowest live answer at each edge, and over the cell.
+            low_left = np.full(nb, np.inf)
+            low_right = np.full(nb, np.inf)
+            low_cell = np.full(nb, np.inf)
+            np.minimum.at(low_left, pq[lp], at_edges[p0 + lp, c])
+            np.minimum.at(low_right, pq[lp], at_edges[p0 + lp, c + 1])
+            np.minimum.at(low_cell, pq[lp], ans_low[p0 + lp, c])
+            # A document matters here only if it may get above a live answer: sharp test on the
+            # difference at the edges, where both curves are smooth through the cell ...
+            np.subtract(prev, low_left.astype(dtype)[:, None], out=tmp)
+            np.subtract(nxt, low_right.astype(dtype)[:, None], out=prev)
+            np.maximum(tmp, prev, out=tmp)
+            np.maximum(reach_best, tmp, out=reach_best)
+            # ... and the range test where a document or an answer saturates inside the cell.
+            kinked_rows = np.unique(pq[lp[ans_kink[p0 + lp, c]]])
+            kinked_cols = np.flatnonzero(doc_kink[c])
+            limit = (low_cell - slack - tol)[:, None]
+            if len(kinked_cols):
+                reach = np.maximum(
+                    nxt[:, kinked_cols], a[:, kinked_cols] * cos_e[c] + b[:, kinked_cols] * sin_e[c]
+                )
+                block_keep[:, kinked_cols] |= reach >= limit
+            if len(kinked_rows):
+                # `prev` was overwritten above; the left edge's scores are recomputed for these rows.
+                left = a[kinked_rows] * cos_e[c] + b[kinked_rows] * sin_e[c]
+                left = np.where(edges[c] >= angles, flat[kinked_rows], left)
+                reach = np.maximum(left, nxt[kinked_rows])
+                block_keep[kinked_rows] |= reach >= limit[kinked_rows]
+            keep_others[q0:q1] |= block_others >= (low_cell - tol)[:, None]
+            prev, nxt = nxt, prev
+        block_keep |= reach_best >= -(slack2 + tol)
+        block_keep[cell_r, cell_c] = False
+    keep_others &= np.isfinite(others)
+
+    # Pairs dead all through need no competitors; their count is k from the start.
+    all_dead = dead.all(axis=1)
+    init = np.where(dead[:, 0], k, 0).astype(np.int64)
+    # Dead cells add k at the start of each run of them and take it away at its end.
+    run = np.diff(
+        np.concatenate([np.zeros((n_pairs, 1), np.int8), dead.astype(np.int8)], axis=1), axis=1
+    )
+    ev_pair, ev_time, ev_delta = [], [], []
+    r, c = np.nonzero(run[:, 1:])
+    ev_pair.append(r)
+    ev_time.append(edges[c + 1])
+    ev_delta.append(run[r, c + 1].astype(np.int64) * k)
+
+    sq, sj = np.nonzero(keep)
+    oq, oi = np.nonzero(keep_others)
     cand_q = np.concatenate([sq, oq])
     order = np.argsort(cand_q, kind="stable")
     cand_q = cand_q[order]
     cand = np.stack(
         [
-            np.concatenate([sims[sq, sj], others[oq, oi]]),
-            np.concatenate([tang[sq, sj], np.zeros(len(oq))]),
+            np.concatenate([scores.sims[sq, sj], others[oq, oi]]).astype(np.float64),
+            np.concatenate([scores.tangents[sq, sj], np.zeros(len(oq))]).astype(np.float64),
             np.concatenate([angles[sj], np.zeros(len(oq))]),
-            np.concatenate([pulls[sq, sj], others[oq, oi]]),
+            np.concatenate([scores.pulls[sq, sj], others[oq, oi]]).astype(np.float64),
         ],
         axis=1,
     )[order]
     cand_ptr = np.searchsorted(cand_q, np.arange(nq + 1))
-
-    cols = scores.answer_cols
-    nudged = cols >= 0
-    static = np.asarray(scores.answer_static, np.float64)
-    answer = np.stack(
-        [
-            np.where(nudged, _gather(sims, pair_query, cols), static),
-            np.where(nudged, _gather(tang, pair_query, cols), 0.0),
-            np.where(nudged, angles[np.maximum(cols, 0)] if nn else 0.0, 0.0),
-            np.where(nudged, _gather(pulls, pair_query, cols), static),
-        ],
-        axis=1,
-    )
-
-    n_pairs = len(cols)
-    per_pair = cand_ptr[pair_query + 1] - cand_ptr[pair_query]
-    init = np.zeros(n_pairs, dtype=np.int64)
-    ev_pair, ev_time, ev_delta = [], [], []
-    # Blocks of pairs whose triples (pair, competitor) keep the working set bounded.
-    budget = _BLOCK_ELEMENTS // 16
+    per_pair = np.where(all_dead, 0, cand_ptr[pair_query + 1] - cand_ptr[pair_query])
     total = np.cumsum(per_pair)
+    budget = _BLOCK_ELEMENTS // 16
     cuts = (
         np.searchsorted(total, np.arange(budget, total[-1] + budget, budget)) + 1 if n_pairs else []
     )
-    edges = np.unique(np.clip(np.concatenate([[0], cuts, [n_pairs]]), 0, n_pairs))
-    for p0, p1 in itertools.pairwise(edges):
+    bounds = np.unique(np.clip(np.concatenate([[0], cuts, [n_pairs]]), 0, n_pairs))
+    for p0, p1 in zip(bounds[:-1], bounds[1:]):
         rows = np.arange(p0, p1)
         lens = per_pair[rows]
         if lens.sum() == 0:
@@ -368,10 +468,28 @@ def _curve_events(scores: ValidationScores, k: int, upper: float):
         ev_pair.append(t_pair[e_loc])
         ev_time.append(e_time)
         ev_delta.append(e_delta)
-    if not ev_pair:
-        empty = np.zeros(0)
-        return init, empty.astype(np.int64), empty, empty.astype(np.int64)
     return init, np.concatenate(ev_pair), np.concatenate(ev_time), np.concatenate(ev_delta)
+
+
+def _answer_curves(scores: ValidationScores, rows: np.ndarray | None = None) -> np.ndarray:
+    """Each validation pair's answer as a curve (A, B, phi, flat value); untouched ones are flat."""
+    rows = np.arange(len(scores.answer_cols)) if rows is None else rows
+    cols = scores.answer_cols[rows]
+    pair_query = scores.pair_query[rows]
+    nudged = cols >= 0
+    static = np.asarray(scores.answer_static, np.float64)[rows]
+    angle = (
+        np.asarray(scores.angles, np.float64)[np.maximum(cols, 0)] if len(scores.angles) else 0.0
+    )
+    return np.stack(
+        [
+            np.where(nudged, _gather(scores.sims, pair_query, cols), static),
+            np.where(nudged, _gather(scores.tangents, pair_query, cols), 0.0),
+            np.where(nudged, angle, 0.0),
+            np.where(nudged, _gather(scores.pulls, pair_query, cols), static),
+        ],
+        axis=1,
+    ).astype(np.float64)
 
 
 def _curve_at(curve: np.ndarray, theta: np.ndarray) -> np.ndarray:
@@ -404,9 +522,11 @@ def _crossings(answer: np.ndarray, other: np.ndarray, upper: float, tol: float):
         beta = np.where(o_moves[:, 0], other[:, 1], 0.0) - np.where(
             a_moves[:, 0], answer[:, 1], 0.0
         )
+        # Roots of f + tol: where "at or above, up to rounding" begins or ends.
         kappa = np.where(o_moves[:, 0], 0.0, other[:, 3]) - np.where(
             a_moves[:, 0], 0.0, answer[:, 3]
         )
+        kappa += tol
         r = np.hypot(alpha, beta)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = -kappa / r
