@@ -18,6 +18,7 @@ number of nudged documents, not with the corpus.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,11 +174,9 @@ def objective_at(
     dtype = np.result_type(scores.sims.dtype, np.float32)
     counts = np.empty(len(scores.answer_cols), dtype=np.int64)
     for rows, q in _pair_blocks(scores, scores.sims.shape[1] + scores.others.shape[1]):
-        cols = scores.answer_cols[rows]
         pr, pc = _answer_cells(scores, rows, q)
         if method == "nudge-m":
-            gap = _line_gaps(scores, rows, q, dtype)
-            dc, dm = gap
+            dc, dm = _line_gaps(scores, rows, q, dtype)
             diff = dc + np.asarray(gamma, dtype) * dm
         else:
             answer = _answer_curves(scores, rows)
@@ -196,7 +195,6 @@ def objective_at(
             diff = comp - _curve_at(answer, np.full((len(rows), 1), theta))
         diff[pr, pc] = -np.inf  # the query's own answers are not competitors
         counts[rows] = (diff >= -tol).sum(axis=1)
-        del cols
     hist = np.zeros((scores.n_queries, k + 1), dtype=np.int64)
     np.add.at(hist, (scores.pair_query, np.minimum(counts, k)), 1)
     return float(objective.from_histograms(hist, scores.n_relevant).mean())
@@ -451,7 +449,7 @@ def _curve_events(scores: ValidationScores, k: int, upper: float):
         np.searchsorted(total, np.arange(budget, total[-1] + budget, budget)) + 1 if n_pairs else []
     )
     bounds = np.unique(np.clip(np.concatenate([[0], cuts, [n_pairs]]), 0, n_pairs))
-    for p0, p1 in zip(bounds[:-1], bounds[1:]):
+    for p0, p1 in itertools.pairwise(bounds):
         rows = np.arange(p0, p1)
         lens = per_pair[rows]
         if lens.sum() == 0:
