@@ -1,0 +1,145 @@
+"""Wiring: a source, the engine and a sink, pumped until the source ends (replay) or is stopped."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stream_nudge.config import Config
+from stream_nudge.engine import Engine
+from stream_nudge.sinks import JsonlSink, Sink
+from stream_nudge.sources import JsonlSource, Source
+
+__all__ = ["Summary", "pump", "replay", "summarize"]
+
+
+@dataclass
+class Summary:
+    events: int
+    documents: int
+    nudged: int
+    gamma: float
+    objective: str
+    before: float | None
+    after: float | None
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    updates: int = 0
+    selections: int = 0
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        score = (
+            f"{self.objective} on the validation window: {self.before:.4f} before, {self.after:.4f} after"
+            if self.before is not None
+            else f"{self.objective}: no validation queries with known answers"
+        )
+        dead = ", ".join(f"{k} {v}" for k, v in sorted(self.dead_letters.items())) or "none"
+        rate = self.events / self.seconds if self.seconds > 0 else 0.0
+        return [
+            f"events          {self.events} ({rate:,.0f}/s)",
+            f"documents       {self.documents} ({self.nudged} nudged)",
+            f"gamma           {self.gamma:.6g} ({self.selections} selections)",
+            score,
+            f"updates         {self.updates}",
+            f"dead letters    {sum(self.dead_letters.values())} ({dead})",
+            f"wall time       {self.seconds:.2f} s",
+        ]
+
+
+def summarize(engine: Engine, seconds: float) -> Summary:
+    last = engine.last_selection
+    docs = engine.docs
+    return Summary(
+        events=engine.events,
+        documents=len(docs) if docs is not None else 0,
+        nudged=len(docs.nudged_rows()) if docs is not None else 0,
+        gamma=engine.gamma,
+        objective=engine.objective.name,
+        before=last.value_before if last else None,
+        after=last.value_after if last else None,
+        dead_letters=dict(engine.dead_letters),
+        updates=engine.counts["updates"],
+        selections=engine.counts["selections"],
+        seconds=seconds,
+    )
+
+
+def pump(
+    engine: Engine,
+    source: Source,
+    sink: Sink,
+    batch_size: int,
+    on_batch: Callable[[], None] | None = None,
+    stop: Callable[[], bool] = lambda: False,
+) -> bool:
+    """Feed ``source`` through ``engine`` into ``sink``; True if the source ended (not stopped)."""
+    while not stop():
+        batch = source.next_batch(batch_size)
+        if batch is None:
+            return True
+        if batch:
+            sink.write(engine.process(batch))
+        if on_batch is not None:
+            on_batch()
+    return False
+
+
+class _Progress:
+    """A one-line progress bar on a terminal: events/s and the time left, by bytes read."""
+
+    def __init__(self, engine: Engine, source: JsonlSource, stream=sys.stderr):
+        self.engine, self.source, self.stream = engine, source, stream
+        self.enabled = stream.isatty()
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < 0.2:
+            return
+        self.last = now
+        elapsed = max(now - self.started, 1e-9)
+        done = self.source.bytes_read / max(self.source.bytes_total, 1)
+        eta = elapsed * (1 - done) / done if done > 0 else float("nan")
+        rate = self.engine.events / elapsed
+        bar = "#" * int(30 * done)
+        self.stream.write(
+            f"\r[{bar:<30}] {100 * done:5.1f}%  {rate:,.0f} events/s  ETA {eta:5.1f} s "
+        )
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\r" + " " * 78 + "\r")
+            self.stream.flush()
+
+
+def replay(
+    config: Config,
+    docs: str | os.PathLike | None,
+    events: str | os.PathLike | None,
+    out: str | os.PathLike,
+    dead_letter: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Summary:
+    """``stream-nudge replay``: documents, then events, in file order; then a final selection."""
+    started = time.perf_counter()
+    if dead_letter is None:
+        dead_letter = Path(str(out) + ".dead-letters.jsonl")
+    engine = Engine(config)
+    source = JsonlSource(docs, events, config.limits.max_message_bytes)
+    sink = JsonlSink(out, dead_letter)
+    bar = _Progress(engine, source) if progress else None
+    try:
+        pump(engine, source, sink, config.replay.batch_size, bar)
+        sink.write(engine.finish())
+    finally:
+        if bar is not None:
+            bar.close()
+        source.close()
+        sink.close()
+    return summarize(engine, time.perf_counter() - started)

@@ -1,0 +1,253 @@
+"""Configuration: a frozen dataclass tree built from YAML and checked at start.
+
+Every key has a default, so an empty file (or none) is a valid configuration. An unknown key or a
+bad value raises :class:`ConfigError` naming the key and what is allowed; the CLI turns that into
+exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stream_nudge.core.objectives import parse_objective
+
+__all__ = ["Config", "ConfigError", "load_config"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the dotted key it concerns."""
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    #: Share of query ids (by a stable hash) that go to validation when an event has no ``split``.
+    fraction: float = 0.1
+    #: The rolling validation window holds the latest this many validation queries.
+    window: int = 2000
+    #: A query leaving the window joins the training sums, so no click is wasted.
+    fold_evicted: bool = True
+
+
+@dataclass(frozen=True)
+class GammaConfig:
+    #: Re-select gamma after this many events (0: never by count).
+    every_events: int = 10_000
+    #: ... or after this many seconds of event time (0: never by time); whichever comes first.
+    every_seconds: float = 60.0
+    #: Change gamma only when the new one beats the current one on the window by more than this
+    #: (in objective units); default: one validation query's worth, 1 / window size.
+    min_improvement: float | None = None
+    #: Search gamma in [0, max] only (NUDGE-N: at most 2).
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    #: Emit a document only if it moved more than this (L2) since its last published version.
+    min_change: float = 1e-4
+    #: Also publish every document as it arrives, nudged or not.
+    initial: bool = False
+    #: How published vectors are written: a JSON array, or base64 of little-endian float32.
+    encoding: str = "json"
+
+
+@dataclass(frozen=True)
+class PendingConfig:
+    #: Events for documents not seen yet wait here; beyond this many, they go to dead letters.
+    max_events: int = 100_000
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    #: A message longer than this is a dead letter ("oversize").
+    max_message_bytes: int = 1 << 20
+    #: A vector longer than this is a dead letter ("absurd_size").
+    max_dimension: int = 65_536
+    #: An event naming more documents than this is a dead letter ("absurd_size").
+    max_doc_ids: int = 1000
+    #: An event weight outside [-max_weight, max_weight] is a dead letter ("bad_weight").
+    max_weight: float = 1e6
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    #: Messages read per batch; publication happens after each batch.
+    batch_size: int = 1000
+
+
+@dataclass(frozen=True)
+class Config:
+    #: "nudge-n" (unit-norm output, cosine or dot) or "nudge-m" (dot product only).
+    method: str = "nudge-n"
+    #: The objective gamma maximises on the validation window: hit@K, mrr, mrr@K, ndcg@K.
+    objective: str = "hit@1"
+    #: The embedding dimension; null: fixed by the first valid vector.
+    dimension: int | None = None
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    gamma: GammaConfig = field(default_factory=GammaConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    pending: PendingConfig = field(default_factory=PendingConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+
+    @property
+    def similarity(self) -> str:
+        """What search backends should rank the published vectors by."""
+        return "cosine" if self.method == "nudge-n" else "dot"
+
+    @property
+    def min_improvement(self) -> float:
+        if self.gamma.min_improvement is not None:
+            return self.gamma.min_improvement
+        return 1.0 / max(self.validation.window, 1)
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+
+def _check(c: Config) -> None:
+    def fail(key: str, message: str) -> None:
+        raise ConfigError(f"{key}: {message}")
+
+    if c.method not in ("nudge-n", "nudge-m"):
+        fail("method", f"{c.method!r} is not one of 'nudge-n', 'nudge-m'")
+    try:
+        parse_objective(c.objective)
+    except ValueError as exc:
+        fail("objective", str(exc).split(": ", 1)[-1])
+    if c.dimension is not None and not 1 <= c.dimension <= c.limits.max_dimension:
+        fail("dimension", f"must be between 1 and limits.max_dimension ({c.limits.max_dimension})")
+    if not 0.0 <= c.validation.fraction < 1.0:
+        fail("validation.fraction", "must be in [0, 1)")
+    if c.validation.window < 1:
+        fail("validation.window", "must be >= 1")
+    if c.gamma.every_events < 0:
+        fail("gamma.every_events", "must be >= 0 (0 disables)")
+    if c.gamma.every_seconds < 0:
+        fail("gamma.every_seconds", "must be >= 0 (0 disables)")
+    if c.gamma.min_improvement is not None and c.gamma.min_improvement < 0:
+        fail("gamma.min_improvement", "must be >= 0 or null")
+    if c.gamma.max is not None:
+        if c.gamma.max < 0:
+            fail("gamma.max", "must be >= 0 or null")
+        if c.method == "nudge-n" and c.gamma.max >= 2:
+            fail("gamma.max", "must be < 2 for nudge-n")
+    if c.publish.min_change < 0:
+        fail("publish.min_change", "must be >= 0")
+    if c.publish.encoding not in ("json", "base64"):
+        fail("publish.encoding", f"{c.publish.encoding!r} is not one of 'json', 'base64'")
+    if c.pending.max_events < 0:
+        fail("pending.max_events", "must be >= 0")
+    for name in ("max_message_bytes", "max_dimension", "max_doc_ids"):
+        if getattr(c.limits, name) < 1:
+            fail(f"limits.{name}", "must be >= 1")
+    if not c.limits.max_weight > 0:
+        fail("limits.max_weight", "must be > 0")
+    if c.replay.batch_size < 1:
+        fail("replay.batch_size", "must be >= 1")
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Config:
+    """Read a YAML file (or nothing: all defaults) into a checked :class:`Config`.
+
+    ``overrides`` is a nested dict applied on top of the file, as from environment variables.
+
+    >>> load_config(overrides={"method": "nudge-m"}).similarity
+    'dot'
+    """
+    data: Any = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"config file {p}: cannot read it ({exc.strerror or exc})") from exc
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p}: not valid YAML ({exc})") from exc
+        data = {} if data is None else data
+    if overrides:
+        data = _merge(data, overrides)
+    return build(Config, data, "")
+
+
+def _merge(base: Any, extra: dict) -> dict:
+    out = dict(base) if isinstance(base, dict) else {}
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build(cls, data: Any, prefix: str):
+    """Build dataclass ``cls`` from a mapping, checking keys and types as it goes."""
+    where = prefix or "the top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise ConfigError(f"{key}: unknown key; allowed here: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        values[name] = _coerce(hints[name], value, key)
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _coerce(hint, value: Any, key: str):
+    optional = False
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        hint = args[0]
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key}: must not be null")
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, key)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if typing.get_origin(hint) is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): v for k, v in value.items()}
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(value)
+    return value

@@ -1,0 +1,441 @@
+"""The streaming engine: records in, updates out. No Kafka, no files: sources and sinks do I/O.
+
+``Engine.process(records)`` decodes a batch, applies documents and clicks in order, re-selects
+gamma whenever the event count or event time says so (at that exact event, whatever the batching),
+and returns the updates to publish: every document whose query sum changed (and every nudged
+document after a change of gamma) that moved more than ``publish.min_change`` since it was last
+published. ``Engine.finish()`` makes the final selection and publication at the end of input.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from stream_nudge.config import Config
+from stream_nudge.core.finetune import assemble_scores
+from stream_nudge.core.geometry import nudge_m, nudge_n, rotation, unit_rows
+from stream_nudge.core.objectives import parse_objective
+from stream_nudge.core.selection import objective_at, select_gamma
+from stream_nudge.engine.state import DocumentTable
+from stream_nudge.engine.window import ValidationWindow
+from stream_nudge.messages import (
+    DeadLetter,
+    Decoder,
+    DocDelete,
+    DocUpsert,
+    Record,
+    encode_tombstone,
+    encode_update,
+    is_validation,
+)
+
+__all__ = ["Engine", "Output", "SelectionReport"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Output:
+    """What one call produced, in the order a sink must write it.
+
+    ``messages`` holds ``(key, value, line)`` for the updates stream: ``value`` is the encoded
+    update, or None for a deleted document (a Kafka tombstone); ``line`` is the JSONL form (the
+    update itself, or ``{"id": ..., "deleted": true}``).
+    """
+
+    messages: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    selections: list[SelectionReport] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SelectionReport:
+    """One re-selection of gamma on the validation window."""
+
+    gamma: float  # in force after this selection
+    candidate: float  # the best gamma found
+    changed: bool
+    value_before: float  # objective at gamma 0 (no fine-tuning)
+    value_current: float  # objective at the gamma in force before
+    value_after: float  # objective at the gamma in force after
+    queries: int
+    nudged: int
+    seconds: float
+    events: int
+
+
+class Engine:
+    """NUDGE, online. See the module docstring."""
+
+    def __init__(self, config: Config | None = None):
+        self.config = config or Config()
+        c = self.config
+        self.objective = parse_objective(c.objective)
+        self.decoder = Decoder(
+            c.dimension,
+            c.limits.max_message_bytes,
+            c.limits.max_dimension,
+            c.limits.max_doc_ids,
+            c.limits.max_weight,
+        )
+        self.docs: DocumentTable | None = None
+        self.window: ValidationWindow | None = None
+        self.pending: dict[str, list[tuple[np.ndarray, float]]] = {}
+        self.pending_count = 0
+        self.gamma = 0.0
+        self.generation = 0
+        self.events = 0
+        self.events_since_selection = 0
+        self.clock: float | None = None
+        self.last_selection_clock: float | None = None
+        self.last_selection: SelectionReport | None = None
+        self.dead_letters: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()
+        # Since the last publication:
+        self._changed: set[int] = set()
+        self._forced: set[int] = set()
+        self._gamma_changed = False
+        # Since the last selection: rows whose cache status changed.
+        self._leave_caches: set[int] = set()
+        self._enter_caches: set[int] = set()
+        # Training clicks not yet added to the sums (applied in order, before anything that
+        # could change what a row means).
+        self._buffer_rows: list[int] = []
+        self._buffer_weights: list[float] = []
+        self._buffer_vectors: list[np.ndarray] = []
+
+    # --- the public verbs -----------------------------------------------------------------------
+
+    def process(self, records: list[Record]) -> Output:
+        """Apply a batch of records; return what to publish."""
+        out = Output()
+        for record in records:
+            item = self.decoder.decode(record)
+            if isinstance(item, DeadLetter):
+                self._dead(item, out)
+                continue
+            if self.docs is None:
+                self._start(self.decoder.dimension)
+            if isinstance(item, DocUpsert):
+                self._upsert(item)
+            elif isinstance(item, DocDelete):
+                self._delete(item, out)
+            else:
+                self._event(item, record, out)
+                if self._selection_due():
+                    self._select(out)
+        self._flush()
+        self._publish(out)
+        return out
+
+    def finish(self) -> Output:
+        """End of input: a final selection of gamma, then publication."""
+        out = Output()
+        self._flush()
+        if self.window is not None and len(self.window):
+            self._select(out)
+        self._publish(out)
+        return out
+
+    def adjusted(self) -> tuple[list[str], np.ndarray]:
+        """Every live document's id and current fine-tuned embedding, in row order."""
+        if self.docs is None:
+            return [], np.zeros((0, self.config.dimension or 0), dtype=np.float32)
+        rows = np.flatnonzero(self.docs.alive[: self.docs.n_rows])
+        return [self.docs.ids[r] for r in rows], self._embeddings(rows)
+
+    def select_gamma(self) -> SelectionReport | None:
+        """Re-select gamma now (also done automatically); None if the window is empty."""
+        out = Output()
+        self._flush()
+        self._select(out)
+        self._publish(out)
+        return out.selections[-1] if out.selections else None
+
+    # --- applying input -----------------------------------------------------------------------
+
+    def _start(self, dim: int) -> None:
+        self.docs = DocumentTable(dim)
+        self.window = ValidationWindow(self.config.validation.window, dim, self.objective.k)
+
+    def _dead(self, letter: DeadLetter, out: Output) -> None:
+        self.dead_letters[letter.reason] += 1
+        out.dead_letters.append(letter)
+
+    def _upsert(self, doc: DocUpsert) -> None:
+        unit, _ = unit_rows(doc.vector[None, :])
+        row, new = self.docs.upsert(doc.id, unit[0])
+        self.counts["upserts"] += 1
+        if new:
+            waiting = self.pending.pop(doc.id, None)
+            if waiting:
+                self.pending_count -= len(waiting)
+                for vector, weight in waiting:
+                    self._buffer(row, vector, weight)
+                self._flush()
+            # Answers of window queries: the new row is no competitor there (handled on entry).
+        # Its cached scores (if untouched) are stale; it re-enters with the new embedding.
+        self._leave_caches.add(row)
+        self._enter_caches.add(row)
+        self._changed.add(row)
+        if self.config.publish.initial:
+            self._forced.add(row)
+
+    def _delete(self, doc: DocDelete, out: Output) -> None:
+        self._flush()
+        row = self.docs.delete(doc.id)
+        self.counts["deletes"] += 1
+        if row is None:
+            self.counts["deletes_unknown"] += 1
+            return
+        self._leave_caches.add(row)
+        self._enter_caches.discard(row)
+        self._changed.discard(row)
+        self._forced.discard(row)
+        self.generation += 1
+        out.messages.append((doc.id, None, encode_tombstone(doc.id, self.generation)))
+
+    def _event(self, event, record: Record, out: Output) -> None:
+        self.events += 1
+        self.events_since_selection += 1
+        ts = event.ts if event.ts is not None else record.timestamp
+        if ts is not None:
+            self.clock = ts if self.clock is None else max(self.clock, ts)
+            if self.last_selection_clock is None:
+                self.last_selection_clock = self.clock
+        split = event.split
+        if split is None:
+            split = (
+                "validation"
+                if is_validation(event.query_id, self.config.validation.fraction)
+                else "train"
+            )
+        if split == "train":
+            self.counts["train_events"] += 1
+            for doc_id in event.doc_ids:
+                self._train(doc_id, event.vector, event.weight, record, out)
+            return
+        self.counts["validation_events"] += 1
+        for doc_id in event.doc_ids:
+            evicted = self.window.add(event.query_id, event.vector, doc_id, event.weight)
+            row = self.docs.row_of.get(doc_id)
+            if row is not None:
+                self.window.forget_answer(self.window.slot_of[event.query_id], row)
+            if evicted is not None and self.config.validation.fold_evicted:
+                _, vector, answers = evicted
+                self.counts["folded_queries"] += 1
+                for answer_id, weight in answers.items():
+                    self._train(answer_id, vector, weight, record, out)
+
+    def _train(self, doc_id: str, vector: np.ndarray, weight: float, record: Record, out: Output):
+        row = self.docs.row_of.get(doc_id)
+        if row is not None:
+            self._buffer(row, vector, weight)
+            return
+        if self.pending_count >= self.config.pending.max_events:
+            detail = f"document {doc_id!r} not seen yet and the pending store is full"
+            self._dead(DeadLetter("pending_overflow", detail, record), out)
+            return
+        self.pending.setdefault(doc_id, []).append((vector, weight))
+        self.pending_count += 1
+
+    def _buffer(self, row: int, vector: np.ndarray, weight: float) -> None:
+        self._buffer_rows.append(row)
+        self._buffer_weights.append(weight)
+        self._buffer_vectors.append(vector)
+
+    def _flush(self) -> None:
+        """Add buffered training clicks to the query sums."""
+        if not self._buffer_rows:
+            return
+        rows = np.array(self._buffer_rows, dtype=np.int64)
+        weights = np.array(self._buffer_weights, dtype=np.float64)
+        vectors = np.stack(self._buffer_vectors)
+        self._buffer_rows, self._buffer_weights, self._buffer_vectors = [], [], []
+        touched = np.unique(rows)
+        before = self.docs.is_nudged(touched)
+        self.docs.add(rows, weights, vectors)
+        after = self.docs.is_nudged(touched)
+        self._changed.update(touched.tolist())
+        # Documents that start moving leave the untouched pool, those whose sum cancelled to
+        # zero come back to it.
+        self._leave_caches.update(touched[after & ~before].tolist())
+        self._enter_caches.update(touched[before & ~after].tolist())
+
+    # --- gamma ----------------------------------------------------------------------------------
+
+    def _selection_due(self) -> bool:
+        g = self.config.gamma
+        if g.every_events and self.events_since_selection >= g.every_events:
+            return True
+        return bool(
+            g.every_seconds
+            and self.clock is not None
+            and self.last_selection_clock is not None
+            and self.clock - self.last_selection_clock >= g.every_seconds
+        )
+
+    def _select(self, out: Output) -> None:
+        self._flush()
+        started = time.perf_counter()
+        self.events_since_selection = 0
+        self.last_selection_clock = self.clock
+        docs, window = self.docs, self.window
+        if docs is None or window is None or not len(window):
+            return
+        self._update_caches()
+        slots, ptr, rows = self._window_answers()
+        if len(slots) == 0:
+            return
+        others, stale = window.others(slots)
+        if stale.any():
+            untouched = docs.untouched_mask()
+            window.refresh(slots[stale], docs.originals, untouched, docs.row_of.get)
+            others, _ = window.others(slots)
+        method = self.config.method
+        nudged = docs.nudged_rows()
+        directions = docs.directions(nudged)
+        if method == "nudge-n" and docs.dim == 1:
+            same = np.sign(docs.originals[nudged, 0]) == np.sign(directions[:, 0])
+            nudged, directions = nudged[same], directions[same]
+        col_of = np.full(docs.n_rows, -1, dtype=np.int64)
+        col_of[nudged] = np.arange(len(nudged))
+        v = window.unit[slots]
+        originals = docs.originals[nudged]
+        sims = v @ originals.T
+        plane = rotation(originals.astype(np.float64), directions) if method == "nudge-n" else None
+        scores = assemble_scores(
+            v, docs.originals, col_of, sims, others, directions, ptr, rows, plane
+        )
+        choice = select_gamma(scores, self.objective, method, self.config.gamma.max)
+        current = objective_at(scores, self.objective, method, self.gamma)
+        changed = choice.value - current > self.config.min_improvement
+        if changed and choice.gamma != self.gamma:
+            self.gamma = choice.gamma
+            self._gamma_changed = True
+        report = SelectionReport(
+            gamma=self.gamma,
+            candidate=choice.gamma,
+            changed=changed,
+            value_before=objective_at(scores, self.objective, method, 0.0),
+            value_current=current,
+            value_after=choice.value if changed else current,
+            queries=len(slots),
+            nudged=len(nudged),
+            seconds=time.perf_counter() - started,
+            events=self.events,
+        )
+        self.last_selection = report
+        self.counts["selections"] += 1
+        out.selections.append(report)
+        log.info(
+            "gamma %s: %.6g (best %.6g), %s %.4f -> %.4f on %d validation queries, %d nudged documents",
+            "changed" if changed else "kept",
+            self.gamma,
+            choice.gamma,
+            self.objective.name,
+            report.value_before,
+            report.value_after,
+            report.queries,
+            report.nudged,
+        )
+
+    def _update_caches(self) -> None:
+        docs, window = self.docs, self.window
+        leave = np.array(sorted(self._leave_caches | self._enter_caches), dtype=np.int64)
+        window.forget(leave)
+        enter = np.array(sorted(self._enter_caches), dtype=np.int64)
+        if len(enter):
+            enter = enter[docs.alive[enter]]
+            enter = enter[~docs.is_nudged(enter)]
+            window.offer(enter, docs.originals[enter], [docs.ids[r] for r in enter])
+        self._leave_caches.clear()
+        self._enter_caches.clear()
+
+    def _window_answers(self):
+        """Window slots with at least one live answer, and their answers' rows (CSR)."""
+        window, docs = self.window, self.docs
+        slots, counts, rows = [], [], []
+        for slot in window.active_slots():
+            answer_rows = sorted(
+                r for d in window.answers[slot] if (r := docs.row_of.get(d)) is not None
+            )
+            if answer_rows:
+                slots.append(slot)
+                counts.append(len(answer_rows))
+                rows.extend(answer_rows)
+        ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return np.array(slots, dtype=np.int64), ptr, np.array(rows, dtype=np.int64)
+
+    # --- publishing -------------------------------------------------------------------------------
+
+    def _embeddings(self, rows: np.ndarray) -> np.ndarray:
+        """Current fine-tuned embeddings of ``rows``: derived from the originals and the sums."""
+        docs = self.docs
+        out = docs.originals[rows].copy()
+        if self.gamma == 0.0 or len(rows) == 0:
+            return out
+        moving = docs.is_nudged(rows)
+        if not moving.any():
+            return out
+        r = rows[moving]
+        originals = docs.originals[r].astype(np.float64)
+        directions = docs.directions(r)
+        if self.config.method == "nudge-m":
+            out[moving] = nudge_m(originals, directions, self.gamma)
+        else:
+            out[moving] = nudge_n(originals, directions, self.gamma)
+        return out
+
+    def _publish(self, out: Output) -> None:
+        docs = self.docs
+        if docs is None:
+            return
+        candidates = set(self._changed)
+        if self._gamma_changed:
+            candidates.update(docs.nudged_rows().tolist())
+        self._changed.clear()
+        self._gamma_changed = False
+        forced = self._forced
+        self._forced = set()
+        if not candidates:
+            return
+        rows = np.array(sorted(candidates), dtype=np.int64)
+        rows = rows[docs.alive[rows]]
+        if len(rows) == 0:
+            return
+        current = self._embeddings(rows)
+        slots = docs.slot_of[rows]
+        baseline = docs.originals[rows].copy()
+        seen = slots >= 0
+        seen[seen] = docs.has_published[slots[seen]]
+        baseline[seen] = docs.published[slots[seen]]
+        moved = np.linalg.norm(current.astype(np.float64) - baseline, axis=1)
+        emit = moved > self.config.publish.min_change
+        if forced:
+            emit |= np.isin(rows, np.fromiter(forced, dtype=np.int64))
+        c = self.config
+        for i in np.flatnonzero(emit):
+            row = int(rows[i])
+            self.generation += 1
+            doc_id = docs.ids[row]
+            value = encode_update(
+                doc_id,
+                current[i],
+                c.method,
+                self.gamma,
+                self.generation,
+                c.similarity,
+                c.publish.encoding,
+            )
+            out.messages.append((doc_id, value, value))
+            slot = int(docs.slot_of[row])
+            if slot >= 0:
+                docs.published[slot] = current[i]
+                docs.has_published[slot] = True
+        self.counts["updates"] += int(emit.sum())

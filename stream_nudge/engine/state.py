@@ -1,0 +1,175 @@
+"""Per-document state: original embeddings, query sums, click counts, and the id <-> row map.
+
+The corpus lives in one float32 array of unit rows. Query sums exist only for documents some
+training click touched, in a second, much smaller table, so that a million documents of which a few
+thousand are clicked cost little more than their embeddings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stream_nudge.core.geometry import unit_rows
+
+__all__ = ["DocumentTable"]
+
+# Arrays grow by this factor: amortised O(1) appends, and at most half the capacity idle (doubling
+# would leave up to all of it idle, which a million 384-d documents feel as 1.5 GB).
+_GROWTH = 1.5
+
+
+def _grown(array: np.ndarray, rows: int, fill=0) -> np.ndarray:
+    bigger = np.full((rows, *array.shape[1:]), fill, dtype=array.dtype)
+    bigger[: array.shape[0]] = array
+    return bigger
+
+
+class DocumentTable:
+    """Documents by row, with their training query sums.
+
+    Attributes
+    ----------
+    originals : float32 [capacity, dim]
+        Unit-normalised original embeddings (row ``r`` is valid where ``alive[r]``).
+    sums : float64 [slot capacity, dim]
+        ``G_j``: the weighted sum of training query embeddings of the document in that slot.
+    clicks : int64 [slot capacity]
+        Training pairs applied to the document.
+    published : float32 [slot capacity, dim]
+        What was last published for the document (where ``has_published``).
+    """
+
+    def __init__(self, dim: int, capacity: int = 1024, slot_capacity: int = 256):
+        self.dim = dim
+        self.originals = np.zeros((capacity, dim), dtype=np.float32)
+        self.alive = np.zeros(capacity, dtype=bool)
+        self.slot_of = np.full(capacity, -1, dtype=np.int64)
+        self.ids: list[str | None] = [None] * capacity
+        self.row_of: dict[str, int] = {}
+        self.free_rows: list[int] = []
+        self.n_rows = 0
+        self.sums = np.zeros((slot_capacity, dim), dtype=np.float64)
+        self.clicks = np.zeros(slot_capacity, dtype=np.int64)
+        self.published = np.zeros((slot_capacity, dim), dtype=np.float32)
+        self.has_published = np.zeros(slot_capacity, dtype=bool)
+        self.row_of_slot = np.full(slot_capacity, -1, dtype=np.int64)
+        self.free_slots: list[int] = []
+        self.n_slots = 0
+
+    # --- documents ----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.row_of)
+
+    def upsert(self, doc_id: str, unit: np.ndarray) -> tuple[int, bool]:
+        """Store a (unit) original; returns ``(row, is_new)``. A known id keeps its query sum."""
+        row = self.row_of.get(doc_id)
+        if row is not None:
+            self.originals[row] = unit
+            return row, False
+        if self.free_rows:
+            row = self.free_rows.pop()
+        else:
+            if self.n_rows == len(self.alive):
+                self._grow_rows(max(self.n_rows + 1, int(self.n_rows * _GROWTH)))
+            row = self.n_rows
+            self.n_rows += 1
+        self.originals[row] = unit
+        self.alive[row] = True
+        self.ids[row] = doc_id
+        self.row_of[doc_id] = row
+        return row, True
+
+    def delete(self, doc_id: str) -> int | None:
+        """Forget a document and its query sum; returns its former row, or None if unknown."""
+        row = self.row_of.pop(doc_id, None)
+        if row is None:
+            return None
+        self.alive[row] = False
+        self.ids[row] = None
+        self.originals[row] = 0.0
+        slot = int(self.slot_of[row])
+        if slot >= 0:
+            self.sums[slot] = 0.0
+            self.clicks[slot] = 0
+            self.has_published[slot] = False
+            self.row_of_slot[slot] = -1
+            self.free_slots.append(slot)
+            self.slot_of[row] = -1
+        self.free_rows.append(row)
+        return row
+
+    def _grow_rows(self, capacity: int) -> None:
+        self.originals = _grown(self.originals, capacity)
+        self.alive = _grown(self.alive, capacity, False)
+        self.slot_of = _grown(self.slot_of, capacity, -1)
+        self.ids.extend([None] * (capacity - len(self.ids)))
+
+    # --- query sums ---------------------------------------------------------------------------
+
+    def slots_for(self, rows: np.ndarray) -> np.ndarray:
+        """The sum slot of each row, allocating slots for rows that have none yet."""
+        slots = self.slot_of[rows]
+        for i in np.flatnonzero(slots < 0):
+            row = int(rows[i])
+            slot = int(self.slot_of[row])
+            if slot < 0:
+                slot = self._new_slot()
+                self.slot_of[row] = slot
+                self.row_of_slot[slot] = row
+            slots[i] = slot
+        return slots
+
+    def _new_slot(self) -> int:
+        if self.free_slots:
+            return self.free_slots.pop()
+        if self.n_slots == len(self.clicks):
+            capacity = max(self.n_slots + 1, int(self.n_slots * _GROWTH))
+            self.sums = _grown(self.sums, capacity)
+            self.clicks = _grown(self.clicks, capacity)
+            self.published = _grown(self.published, capacity)
+            self.has_published = _grown(self.has_published, capacity, False)
+            self.row_of_slot = _grown(self.row_of_slot, capacity, -1)
+        slot = self.n_slots
+        self.n_slots += 1
+        return slot
+
+    def add(self, rows: np.ndarray, weights: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """``G[row] += w * q`` for each (row, w, q), in float64; returns the rows touched.
+
+        Contributions to one row are added in their input order, so the result depends only on
+        the sequence of events, not on how they were batched.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return rows
+        slots = self.slots_for(rows)
+        contrib = vectors.astype(np.float64) * np.asarray(weights, dtype=np.float64)[:, None]
+        np.add.at(self.sums, slots, contrib)
+        np.add.at(self.clicks, slots, 1)
+        return np.unique(rows)
+
+    def is_nudged(self, rows: np.ndarray) -> np.ndarray:
+        """Whether each row's query sum is non-zero (the document moves)."""
+        slots = self.slot_of[rows]
+        out = np.zeros(len(rows), dtype=bool)
+        has = slots >= 0
+        out[has] = np.any(self.sums[slots[has]] != 0.0, axis=1)
+        return out & self.alive[rows]
+
+    def nudged_rows(self) -> np.ndarray:
+        """All rows that move, in row order."""
+        slots = np.flatnonzero(self.row_of_slot[: self.n_slots] >= 0)
+        slots = slots[np.any(self.sums[slots] != 0.0, axis=1)]
+        return np.sort(self.row_of_slot[slots])
+
+    def directions(self, rows: np.ndarray) -> np.ndarray:
+        """Unit query-sum directions of ``rows`` (float64; zero rows stay zero)."""
+        sums = self.sums[self.slot_of[rows]]
+        return unit_rows(sums, out=np.empty_like(sums))[0]
+
+    def untouched_mask(self) -> np.ndarray:
+        """Alive rows that do not move, over ``[0, n_rows)``."""
+        mask = self.alive[: self.n_rows].copy()
+        mask[self.nudged_rows()] = False
+        return mask

@@ -1,0 +1,214 @@
+"""The rolling validation window, and each window query's best scores among untouched documents.
+
+Gamma is chosen on the latest ``capacity`` validation queries (by first arrival). For each of them
+we keep a small cache of its best scores among *untouched* documents that are not its answers:
+only those can compete with nudged documents (see :mod:`stream_nudge.core.selection`), and keeping
+them up to date costs a product with new documents, not a pass over the corpus per selection.
+
+Cache invariant, per query: every untouched non-answer document scoring at least ``floor`` is in
+the cache. Removing documents (they got nudged, deleted or replaced) keeps it; a new untouched
+document enters only if it scores at least ``floor``; truncating the cache to its width raises
+``floor`` to the best score dropped. The best ``k`` cached scores are then the true best ``k``
+whenever at least ``k`` entries remain; otherwise the query needs a pass (``floor = +inf`` marks
+that).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from stream_nudge.core.geometry import unit_rows
+
+__all__ = ["ValidationWindow"]
+
+# Cache entries beyond the objective's k: room for documents to leave (get nudged, deleted)
+# before the query needs another pass over the corpus.
+CACHE_SPARE = 8
+
+# A pass over the corpus scores blocks of this many documents at a time.
+_PASS_ROWS = 16384
+
+
+class ValidationWindow:
+    """The latest ``capacity`` validation queries, their answers, and their score caches."""
+
+    def __init__(self, capacity: int, dim: int, k: int):
+        self.capacity = capacity
+        self.dim = dim
+        self.k = k
+        self.width = k + CACHE_SPARE
+        self.raw = np.zeros((capacity, dim), dtype=np.float32)
+        self.unit = np.zeros((capacity, dim), dtype=np.float32)
+        self.query_ids: list[str | None] = [None] * capacity
+        self.answers: list[dict[str, float]] = [{} for _ in range(capacity)]
+        self.slot_of: dict[str, int] = {}
+        self.order: deque[str] = deque()
+        self.answer_slots: dict[str, set[int]] = {}
+        self.cache_rows = np.full((capacity, self.width), -1, dtype=np.int64)
+        self.cache_scores = np.full((capacity, self.width), -np.inf, dtype=np.float32)
+        self.floor = np.full(capacity, np.inf)
+
+    def __len__(self) -> int:
+        return len(self.slot_of)
+
+    def __contains__(self, query_id: str) -> bool:
+        return query_id in self.slot_of
+
+    def add(
+        self, query_id: str, vector: np.ndarray, doc_id: str, weight: float
+    ) -> tuple[str, np.ndarray, dict[str, float]] | None:
+        """Record a validation click; returns the query it evicted, if the window was full.
+
+        A query keeps the embedding of its first click; later clicks add answers (weights add up).
+        """
+        slot = self.slot_of.get(query_id)
+        evicted = None
+        if slot is None:
+            if len(self.slot_of) == self.capacity:
+                evicted = self._evict()
+            slot = self._free_slot()
+            self.slot_of[query_id] = slot
+            self.order.append(query_id)
+            self.query_ids[slot] = query_id
+            self.raw[slot] = vector
+            self.unit[slot] = unit_rows(vector[None, :])[0][0]
+            self.answers[slot] = {}
+            self.floor[slot] = np.inf
+            self.cache_rows[slot] = -1
+            self.cache_scores[slot] = -np.inf
+        answers = self.answers[slot]
+        answers[doc_id] = answers.get(doc_id, 0.0) + weight
+        self.answer_slots.setdefault(doc_id, set()).add(slot)
+        return evicted
+
+    def _free_slot(self) -> int:
+        used = len(self.slot_of)
+        if used < self.capacity and self.query_ids[used] is None:
+            return used
+        return self.query_ids.index(None)
+
+    def _evict(self) -> tuple[str, np.ndarray, dict[str, float]]:
+        query_id = self.order.popleft()
+        slot = self.slot_of.pop(query_id)
+        answers = self.answers[slot]
+        for doc_id in answers:
+            slots = self.answer_slots.get(doc_id)
+            if slots is not None:
+                slots.discard(slot)
+                if not slots:
+                    del self.answer_slots[doc_id]
+        out = (query_id, self.raw[slot].copy(), answers)
+        self.query_ids[slot] = None
+        self.answers[slot] = {}
+        self.floor[slot] = np.inf
+        return out
+
+    def active_slots(self) -> np.ndarray:
+        """Slots holding a query, in arrival order."""
+        return np.array([self.slot_of[q] for q in self.order], dtype=np.int64)
+
+    # --- the caches ---------------------------------------------------------------------------
+
+    def forget(self, rows: np.ndarray) -> None:
+        """Documents that are no longer untouched (nudged, deleted, replaced) leave every cache."""
+        if len(rows) == 0:
+            return
+        hit = np.isin(self.cache_rows, rows)
+        self.cache_rows[hit] = -1
+        self.cache_scores[hit] = -np.inf
+
+    def forget_answer(self, slot: int, row: int) -> None:
+        """A document became an answer of the query in ``slot``: it is no competitor there."""
+        hit = self.cache_rows[slot] == row
+        self.cache_rows[slot, hit] = -1
+        self.cache_scores[slot, hit] = -np.inf
+
+    def offer(self, rows: np.ndarray, units: np.ndarray, ids: list[str]) -> None:
+        """New untouched documents: each enters the caches of queries it scores ``floor`` for."""
+        slots = self.active_slots()
+        slots = slots[~np.isposinf(self.floor[slots])]
+        if len(rows) == 0 or len(slots) == 0:
+            return
+        scores = self.unit[slots] @ units.T
+        scores[scores < self.floor[slots][:, None]] = -np.inf
+        for j, doc_id in enumerate(ids):
+            for slot in self.answer_slots.get(doc_id, ()):
+                scores[np.flatnonzero(slots == slot), j] = -np.inf
+        self._merge(slots, np.broadcast_to(rows, scores.shape), scores)
+
+    def _merge(self, slots: np.ndarray, rows: np.ndarray, scores: np.ndarray) -> None:
+        all_rows = np.concatenate([self.cache_rows[slots], rows], axis=1)
+        all_scores = np.concatenate([self.cache_scores[slots], scores.astype(np.float32)], axis=1)
+        order = np.argsort(-all_scores, axis=1, kind="stable")
+        all_rows = np.take_along_axis(all_rows, order, axis=1)
+        all_scores = np.take_along_axis(all_scores, order, axis=1)
+        kept, dropped = all_scores[:, : self.width], all_scores[:, self.width :]
+        # Truncation: the best score dropped becomes the floor (nothing above it is missing).
+        if dropped.shape[1]:
+            best_dropped = dropped[:, 0].astype(np.float64)
+            raise_to = np.isfinite(best_dropped)
+            self.floor[slots[raise_to]] = np.maximum(
+                self.floor[slots[raise_to]], best_dropped[raise_to]
+            )
+        self.cache_rows[slots] = np.where(np.isfinite(kept), all_rows[:, : self.width], -1)
+        self.cache_scores[slots] = kept
+
+    def refresh(
+        self, slots: np.ndarray, originals: np.ndarray, untouched: np.ndarray, row_of
+    ) -> None:
+        """A pass over the corpus for ``slots``: their caches are rebuilt from scratch.
+
+        ``untouched`` flags the rows of ``originals`` that may compete; ``row_of(doc_id)`` gives a
+        document's row (or None), to leave out each query's answers.
+        """
+        if len(slots) == 0:
+            return
+        n = len(untouched)
+        best_rows = np.full((len(slots), self.width), -1, dtype=np.int64)
+        best = np.full((len(slots), self.width), -np.inf, dtype=np.float32)
+        answer_cells = [
+            (i, row)
+            for i, slot in enumerate(slots)
+            for doc_id in self.answers[slot]
+            if (row := row_of(doc_id)) is not None
+        ]
+        v_t = np.ascontiguousarray(self.unit[slots].T)
+        floor = np.full(len(slots), -np.inf)
+        for start in range(0, n, _PASS_ROWS):
+            stop = min(start + _PASS_ROWS, n)
+            table = originals[start:stop] @ v_t  # [block, n_slots]
+            table[~untouched[start:stop]] = -np.inf
+            for i, row in answer_cells:
+                if start <= row < stop:
+                    table[row - start, i] = -np.inf
+            take = min(self.width + 1, stop - start)
+            part = (
+                np.argpartition(-table, take - 1, axis=0)[:take]
+                if take < stop - start
+                else (np.broadcast_to(np.arange(stop - start)[:, None], table.shape))
+            )
+            cand = np.take_along_axis(table, part, axis=0).T
+            cand_rows = (part + start).T
+            rows_all = np.concatenate([best_rows, cand_rows], axis=1)
+            scores_all = np.concatenate([best, cand], axis=1)
+            order = np.argsort(-scores_all, axis=1, kind="stable")
+            rows_all = np.take_along_axis(rows_all, order, axis=1)
+            scores_all = np.take_along_axis(scores_all, order, axis=1)
+            best_rows, best = rows_all[:, : self.width], scores_all[:, : self.width]
+            floor = np.maximum(floor, scores_all[:, self.width])
+        self.cache_rows[slots] = np.where(np.isfinite(best), best_rows, -1)
+        self.cache_scores[slots] = best
+        # Keep floor at the best score left out: every untouched document above it is cached.
+        self.floor[slots] = floor
+
+    def others(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``k`` cached scores of each slot, and which slots need a pass first."""
+        scores = self.cache_scores[slots]
+        valid = np.isfinite(scores).sum(axis=1)
+        floor = self.floor[slots]
+        # Never filled, or fewer than k left while documents may exist below floor.
+        stale = np.isposinf(floor) | ((valid < self.k) & (floor > -np.inf))
+        top = -np.sort(-scores, axis=1)[:, : self.k]
+        return top, stale

@@ -1,0 +1,315 @@
+"""The message contract: decoding input records, encoding updates and dead letters.
+
+Input is JSON (UTF-8), one object per record. Vectors come as a JSON array of numbers or as
+base64 of little-endian float32; both are accepted everywhere. Anything that does not fit the
+contract becomes a :class:`DeadLetter` with a reason from :data:`REASONS`; decoding never raises.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+__all__ = [
+    "REASONS",
+    "DeadLetter",
+    "Decoder",
+    "DocDelete",
+    "DocUpsert",
+    "Event",
+    "Record",
+    "encode_dead_letter",
+    "encode_tombstone",
+    "encode_update",
+    "is_validation",
+]
+
+#: Why a record went to dead letters.
+REASONS = (
+    "oversize",  # longer than limits.max_message_bytes
+    "invalid_utf8",  # not UTF-8 text
+    "invalid_json",  # not JSON
+    "not_an_object",  # JSON, but not an object
+    "missing_field",  # a required key is absent
+    "wrong_type",  # a key holds the wrong kind of value
+    "unknown_op",  # a document op other than upsert / delete
+    "bad_base64",  # an *_b64 vector that is not base64 of float32
+    "wrong_dimension",  # a vector of another length than the stream's
+    "absurd_size",  # a vector or doc_ids list beyond the limits
+    "non_finite",  # NaN or Inf in a vector (or beyond float32)
+    "zero_vector",  # a document embedding of length zero
+    "bad_weight",  # a weight that is not a finite number within limits
+    "bad_split",  # a split other than train / validation
+    "pending_overflow",  # an event for an unseen document when the pending store is full
+)
+
+# Dead letters keep at most this much of an oversize record: enough to find it, not to store it.
+_RAW_KEEP = 65_536
+
+
+@dataclass(slots=True)
+class Record:
+    """One input message: from a JSONL line or a Kafka record."""
+
+    topic: str  # "docs" or "events"
+    value: bytes | None
+    position: Any = None  # where it came from: (file, line) or (partition, offset)
+    timestamp: float | None = None  # the broker's timestamp, in seconds, if any
+    key: bytes | None = None
+
+
+@dataclass(slots=True)
+class DocUpsert:
+    id: str
+    vector: np.ndarray  # float32, as sent (not yet normalised)
+
+
+@dataclass(slots=True)
+class DocDelete:
+    id: str
+
+
+@dataclass(slots=True)
+class Event:
+    query_id: str
+    vector: np.ndarray  # float32, as sent
+    doc_ids: tuple[str, ...]
+    weight: float
+    split: str | None  # "train", "validation", or None: decided by a stable hash of query_id
+    ts: float | None
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    reason: str
+    detail: str
+    record: Record
+
+
+class Decoder:
+    """Turns records into documents, events or dead letters, checking the contract.
+
+    The vector dimension is fixed by ``dimension`` or by the first valid vector seen.
+    """
+
+    def __init__(
+        self,
+        dimension: int | None = None,
+        max_message_bytes: int = 1 << 20,
+        max_dimension: int = 65_536,
+        max_doc_ids: int = 1000,
+        max_weight: float = 1e6,
+    ):
+        self.dimension = dimension
+        self.max_message_bytes = max_message_bytes
+        self.max_dimension = max_dimension
+        self.max_doc_ids = max_doc_ids
+        self.max_weight = max_weight
+
+    def decode(self, record: Record) -> DocUpsert | DocDelete | Event | DeadLetter:
+        try:
+            return self._decode(record)
+        except _Reject as reject:
+            return DeadLetter(reject.reason, reject.detail, record)
+
+    def _decode(self, record: Record):
+        value = record.value
+        if value is None:
+            raise _Reject("wrong_type", "empty (null) message")
+        if len(value) > self.max_message_bytes:
+            raise _Reject("oversize", f"{len(value)} bytes > limits.max_message_bytes")
+        try:
+            obj = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            try:
+                bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Reject("invalid_utf8", "not UTF-8") from None
+            raise _Reject("invalid_json", str(exc)) from None
+        if not isinstance(obj, dict):
+            raise _Reject("not_an_object", f"a JSON {type(obj).__name__}, not an object")
+        if record.topic == "docs":
+            return self._document(obj)
+        return self._event(obj)
+
+    def _document(self, obj: dict):
+        op = obj.get("op", "upsert")
+        doc_id = _text(obj, "id")
+        if op == "delete":
+            return DocDelete(doc_id)
+        if op != "upsert":
+            raise _Reject("unknown_op", f"op {op!r} is not 'upsert' or 'delete'")
+        vector = self._vector(obj, "embedding")
+        if not np.any(vector):
+            raise _Reject("zero_vector", "a document embedding must not be all zeros")
+        return DocUpsert(doc_id, vector)
+
+    def _event(self, obj: dict):
+        query_id = _text(obj, "query_id")
+        vector = self._vector(obj, "query_embedding")
+        if "doc_ids" in obj:
+            ids = obj["doc_ids"]
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise _Reject("wrong_type", "doc_ids must be a list of strings")
+            if not ids:
+                raise _Reject("missing_field", "doc_ids is empty")
+            if len(ids) > self.max_doc_ids:
+                raise _Reject("absurd_size", f"{len(ids)} doc_ids > limits.max_doc_ids")
+            doc_ids = tuple(dict.fromkeys(ids))
+        else:
+            doc_ids = (_text(obj, "doc_id"),)
+        weight = obj.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise _Reject("bad_weight", f"weight {weight!r} is not a number")
+        weight = float(weight)
+        if not np.isfinite(weight) or abs(weight) > self.max_weight:
+            raise _Reject("bad_weight", f"weight {weight!r} is outside +-limits.max_weight")
+        split = obj.get("split")
+        if split is not None and split not in ("train", "validation"):
+            raise _Reject("bad_split", f"split {split!r} is not 'train' or 'validation'")
+        ts = obj.get("ts")
+        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
+            raise _Reject("wrong_type", f"ts {ts!r} is not a number")
+        return Event(query_id, vector, doc_ids, weight, split, None if ts is None else float(ts))
+
+    def _vector(self, obj: dict, name: str) -> np.ndarray:
+        if name in obj:
+            raw = obj[name]
+            if not isinstance(raw, list):
+                raise _Reject("wrong_type", f"{name} must be an array of numbers")
+            if len(raw) > self.max_dimension:
+                raise _Reject(
+                    "absurd_size", f"{name} has {len(raw)} numbers > limits.max_dimension"
+                )
+            try:
+                with np.errstate(over="ignore"):
+                    vector = np.array(raw, dtype=np.float32)
+            except (TypeError, ValueError):
+                raise _Reject("wrong_type", f"{name} must be an array of numbers") from None
+            if vector.ndim != 1 or any(isinstance(x, bool) for x in raw):
+                raise _Reject("wrong_type", f"{name} must be a flat array of numbers")
+        elif name + "_b64" in obj:
+            raw = obj[name + "_b64"]
+            if not isinstance(raw, str):
+                raise _Reject("wrong_type", f"{name}_b64 must be a base64 string")
+            if len(raw) > 4 * ((4 * self.max_dimension + 2) // 3) + 4:
+                raise _Reject(
+                    "absurd_size", f"{name}_b64 is longer than limits.max_dimension floats"
+                )
+            try:
+                data = base64.b64decode(raw, validate=True)
+            except (binascii.Error, ValueError):
+                raise _Reject("bad_base64", f"{name}_b64 is not valid base64") from None
+            if len(data) % 4:
+                raise _Reject("bad_base64", f"{name}_b64 holds {len(data)} bytes, not float32s")
+            # A copy, never a view of the message buffer.
+            vector = np.frombuffer(data, dtype="<f4").astype(np.float32)
+        else:
+            raise _Reject("missing_field", f"{name} (or {name}_b64) is required")
+        if vector.size == 0:
+            raise _Reject("wrong_dimension", f"{name} is empty")
+        if self.dimension is None:
+            if vector.size > self.max_dimension:
+                raise _Reject("absurd_size", f"{name} has {vector.size} numbers")
+        elif vector.size != self.dimension:
+            raise _Reject(
+                "wrong_dimension",
+                f"{name} has {vector.size} numbers, the stream has {self.dimension}",
+            )
+        if not np.isfinite(vector).all():
+            raise _Reject("non_finite", f"{name} holds NaN, Inf, or a number beyond float32")
+        if self.dimension is None:
+            self.dimension = vector.size
+        return vector
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _text(obj: dict, name: str) -> str:
+    if name not in obj:
+        raise _Reject("missing_field", f"{name} is required")
+    value = obj[name]
+    if not isinstance(value, str) or not value:
+        raise _Reject("wrong_type", f"{name} must be a non-empty string")
+    return value
+
+
+def is_validation(query_id: str, fraction: float) -> bool:
+    """Whether a query id without an explicit split goes to validation.
+
+    A stable hash (BLAKE2b of the UTF-8 id), so the answer is the same in every process and after
+    every restart, unlike Python's salted ``hash()``.
+
+    >>> [is_validation(q, 0.5) for q in ("q-1", "q-2", "q-3")], is_validation("q-1", 0.0)
+    ([True, False, True], False)
+    """
+    digest = hashlib.blake2b(query_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < fraction * 2.0**64
+
+
+def _vector_field(vector: np.ndarray, encoding: str) -> tuple[str, Any]:
+    if encoding == "base64":
+        return "embedding_b64", base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return "embedding", vector.astype(np.float32)
+
+
+def encode_update(
+    doc_id: str,
+    vector: np.ndarray,
+    method: str,
+    gamma: float,
+    generation: int,
+    similarity: str,
+    encoding: str = "json",
+) -> bytes:
+    """One update message (the value; the key is the document id)."""
+    name, payload = _vector_field(vector, encoding)
+    return orjson.dumps(
+        {
+            "id": doc_id,
+            name: payload,
+            "method": method,
+            "gamma": float(gamma),
+            "generation": int(generation),
+            "similarity": similarity,
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+
+
+def encode_tombstone(doc_id: str, generation: int) -> bytes:
+    """The JSONL form of a deletion (Kafka gets a null value instead)."""
+    return orjson.dumps({"id": doc_id, "deleted": True, "generation": int(generation)})
+
+
+def encode_dead_letter(letter: DeadLetter) -> bytes:
+    """A dead letter as JSON: reason, detail, where it came from and the raw input."""
+    record = letter.record
+    out: dict[str, Any] = {
+        "reason": letter.reason,
+        "detail": letter.detail,
+        "topic": record.topic,
+        "position": record.position,
+    }
+    value = record.value
+    if value is not None:
+        truncated = len(value) > _RAW_KEEP
+        value = bytes(value[:_RAW_KEEP])
+        try:
+            out["raw"] = value.decode("utf-8")
+        except UnicodeDecodeError:
+            out["raw_b64"] = base64.b64encode(value).decode("ascii")
+        if truncated:
+            out["raw_truncated_at"] = _RAW_KEEP
+    return orjson.dumps(out, default=str)
