@@ -38,6 +38,9 @@ __all__ = ["Engine", "Output", "SelectionReport"]
 
 log = logging.getLogger(__name__)
 
+# Selections remembered for reports and tests (the latest ones).
+_HISTORY = 1000
+
 
 @dataclass
 class Output:
@@ -94,6 +97,7 @@ class Engine:
         self.clock: float | None = None
         self.last_selection_clock: float | None = None
         self.last_selection: SelectionReport | None = None
+        self.selection_history: list[SelectionReport] = []
         self.dead_letters: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
         # Since the last publication:
@@ -120,6 +124,10 @@ class Engine:
                 self._dead(item, out)
                 continue
             if self.docs is None:
+                if isinstance(item, DocDelete):  # nothing to delete before the first vector
+                    self.counts["deletes"] += 1
+                    self.counts["deletes_unknown"] += 1
+                    continue
                 self._start(self.decoder.dimension)
             if isinstance(item, DocUpsert):
                 self._upsert(item)
@@ -331,6 +339,8 @@ class Engine:
             events=self.events,
         )
         self.last_selection = report
+        self.selection_history.append(report)
+        del self.selection_history[:-_HISTORY]
         self.counts["selections"] += 1
         out.selections.append(report)
         log.info(

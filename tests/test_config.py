@@ -1,0 +1,80 @@
+"""Configuration: defaults, the example file, and errors that name the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stream_nudge.config import Config, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_and_derived_values():
+    c = load_config()
+    assert c == Config()
+    assert (
+        c.similarity == "cosine"
+        and load_config(overrides={"method": "nudge-m"}).similarity == "dot"
+    )
+    assert c.min_improvement == pytest.approx(1 / c.validation.window)
+
+
+def test_the_example_config_loads_and_matches_the_defaults():
+    example = load_config(REPO / "config.example.yaml")
+    assert example.method == Config().method
+    assert example.validation == Config().validation
+    assert example.gamma == Config().gamma
+
+
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ("methd: nudge-n\n", "methd"),
+        ("validation:\n  windoww: 3\n", "validation.windoww"),
+        ("method: nudge-x\n", "method"),
+        ("objective: precision\n", "objective"),
+        ("validation:\n  fraction: 1.5\n", "validation.fraction"),
+        ("validation:\n  window: many\n", "validation.window"),
+        ("validation:\n  fold_evicted: maybe\n", "validation.fold_evicted"),
+        ("gamma:\n  max: 3\n", "gamma.max"),
+        ("publish:\n  encoding: xml\n", "publish.encoding"),
+        ("limits: 5\n", "limits"),
+        ("- just\n- a list\n", "the top level"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, text, key):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert str(exc.value).startswith(key)
+
+
+def test_cli_exits_2_naming_the_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("gamma:\n  every_event: 10\n")
+    for args in (["demo"], ["replay", "--docs", "x", "--events", "y", "--out", "z"]):
+        run = subprocess.run(
+            [sys.executable, "-m", "stream_nudge", *args, "--config", str(path)],
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 2
+        assert "gamma.every_event: unknown key" in run.stderr
+    run = subprocess.run(
+        [sys.executable, "-m", "stream_nudge", "demo", "--config", str(tmp_path / "none.yaml")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2 and "cannot read" in run.stderr
+
+
+def test_yaml_syntax_errors_are_config_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
