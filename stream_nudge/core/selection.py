@@ -175,7 +175,8 @@ def objective_at(
     counts = np.empty(len(scores.answer_cols), dtype=np.int64)
     for rows, q in _pair_blocks(scores, scores.sims.shape[1] + scores.others.shape[1]):
         pr, pc = _answer_cells(scores, rows, q)
-        if method == "nudge-m":
+        if method == "nudge-m" or gamma == 0.0:
+            # At gamma 0 both methods score the original embeddings: the line form, slope unused.
             dc, dm = _line_gaps(scores, rows, q, dtype)
             diff = dc + np.asarray(gamma, dtype) * dm
         else:

@@ -28,6 +28,7 @@ from stream_nudge.messages import (
     Decoder,
     DocDelete,
     DocUpsert,
+    Event,
     Record,
     encode_tombstone,
     encode_update,
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 
 # Selections remembered for reports and tests (the latest ones).
 _HISTORY = 1000
+
+# Recent query ids' splits, remembered: several clicks of one query then hash it once.
+_SPLIT_CACHE = 100_000
 
 
 @dataclass
@@ -98,6 +102,8 @@ class Engine:
         self.last_selection_clock: float | None = None
         self.last_selection: SelectionReport | None = None
         self.selection_history: list[SelectionReport] = []
+        self._fraction = c.validation.fraction
+        self._split_of: dict[str, str] = {}
         self.dead_letters: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
         # Since the last publication:
@@ -118,24 +124,35 @@ class Engine:
     def process(self, records: list[Record]) -> Output:
         """Apply a batch of records; return what to publish."""
         out = Output()
-        for record in records:
-            item = self.decoder.decode(record)
-            if isinstance(item, DeadLetter):
+        every_events = self.config.gamma.every_events
+        every_seconds = self.config.gamma.every_seconds
+        for record, item in zip(records, self.decoder.decode_batch(records), strict=True):
+            kind = item.__class__
+            if kind is Event and self.docs is not None:
+                self._event(item, record, out)
+                if (every_events and self.events_since_selection >= every_events) or (
+                    every_seconds and self._time_due(every_seconds)
+                ):
+                    self._select(out)
+                continue
+            if kind is DeadLetter:
                 self._dead(item, out)
                 continue
             if self.docs is None:
-                if isinstance(item, DocDelete):  # nothing to delete before the first vector
+                if kind is DocDelete:  # nothing to delete before the first vector
                     self.counts["deletes"] += 1
                     self.counts["deletes_unknown"] += 1
                     continue
                 self._start(self.decoder.dimension)
-            if isinstance(item, DocUpsert):
+            if kind is DocUpsert:
                 self._upsert(item)
-            elif isinstance(item, DocDelete):
+            elif kind is DocDelete:
                 self._delete(item, out)
             else:
                 self._event(item, record, out)
-                if self._selection_due():
+                if (every_events and self.events_since_selection >= every_events) or (
+                    every_seconds and self._time_due(every_seconds)
+                ):
                     self._select(out)
         self._flush()
         self._publish(out)
@@ -208,25 +225,36 @@ class Engine:
         self.generation += 1
         out.messages.append((doc.id, None, encode_tombstone(doc.id, self.generation)))
 
-    def _event(self, event, record: Record, out: Output) -> None:
+    def _event(self, event: Event, record: Record, out: Output) -> None:
         self.events += 1
         self.events_since_selection += 1
-        ts = event.ts if event.ts is not None else record.timestamp
+        ts = event.ts
+        if ts is None:
+            ts = record.timestamp
         if ts is not None:
-            self.clock = ts if self.clock is None else max(self.clock, ts)
+            if self.clock is None or ts > self.clock:
+                self.clock = ts
             if self.last_selection_clock is None:
                 self.last_selection_clock = self.clock
         split = event.split
         if split is None:
-            split = (
-                "validation"
-                if is_validation(event.query_id, self.config.validation.fraction)
-                else "train"
-            )
+            split = self._split_of.get(event.query_id)
+            if split is None:
+                split = "validation" if is_validation(event.query_id, self._fraction) else "train"
+                if len(self._split_of) >= _SPLIT_CACHE:
+                    self._split_of.clear()
+                self._split_of[event.query_id] = split
         if split == "train":
             self.counts["train_events"] += 1
+            row_of = self.docs.row_of
             for doc_id in event.doc_ids:
-                self._train(doc_id, event.vector, event.weight, record, out)
+                row = row_of.get(doc_id)
+                if row is not None:
+                    self._buffer_rows.append(row)
+                    self._buffer_weights.append(event.weight)
+                    self._buffer_vectors.append(event.vector)
+                else:
+                    self._train(doc_id, event.vector, event.weight, record, out)
             return
         self.counts["validation_events"] += 1
         for doc_id in event.doc_ids:
@@ -277,15 +305,11 @@ class Engine:
 
     # --- gamma ----------------------------------------------------------------------------------
 
-    def _selection_due(self) -> bool:
-        g = self.config.gamma
-        if g.every_events and self.events_since_selection >= g.every_events:
-            return True
-        return bool(
-            g.every_seconds
-            and self.clock is not None
+    def _time_due(self, every_seconds: float) -> bool:
+        return (
+            self.clock is not None
             and self.last_selection_clock is not None
-            and self.clock - self.last_selection_clock >= g.every_seconds
+            and self.clock - self.last_selection_clock >= every_seconds
         )
 
     def _select(self, out: Output) -> None:
@@ -321,7 +345,12 @@ class Engine:
             v, docs.originals, col_of, sims, others, directions, ptr, rows, plane
         )
         choice = select_gamma(scores, self.objective, method, self.config.gamma.max)
-        current = objective_at(scores, self.objective, method, self.gamma)
+        before = objective_at(scores, self.objective, method, 0.0)
+        current = (
+            before
+            if self.gamma == 0.0
+            else objective_at(scores, self.objective, method, self.gamma)
+        )
         changed = choice.value - current > self.config.min_improvement
         if changed and choice.gamma != self.gamma:
             self.gamma = choice.gamma
@@ -330,7 +359,7 @@ class Engine:
             gamma=self.gamma,
             candidate=choice.gamma,
             changed=changed,
-            value_before=objective_at(scores, self.objective, method, 0.0),
+            value_before=before,
             value_current=current,
             value_after=choice.value if changed else current,
             queries=len(slots),

@@ -144,8 +144,22 @@ class DocumentTable:
         if rows.size == 0:
             return rows
         slots = self.slots_for(rows)
-        contrib = vectors.astype(np.float64) * np.asarray(weights, dtype=np.float64)[:, None]
-        np.add.at(self.sums, slots, contrib)
+        contrib = vectors.astype(np.float64)
+        weights = np.asarray(weights, dtype=np.float64)
+        if not np.all(weights == 1.0):
+            contrib *= weights[:, None]
+        # Rows clicked once (most) are added directly; repeated rows go through add.at, which
+        # adds in input order. Either way each row's additions happen in event order.
+        order = np.argsort(slots, kind="stable")
+        sorted_slots = slots[order]
+        first = np.r_[True, sorted_slots[1:] != sorted_slots[:-1]]
+        counts = np.diff(np.r_[np.flatnonzero(first), len(slots)])
+        single = np.repeat(counts == 1, counts)
+        once = order[single]
+        self.sums[slots[once]] += contrib[once]
+        many = order[~single]
+        if len(many):
+            np.add.at(self.sums, slots[many], contrib[many])
         np.add.at(self.clicks, slots, 1)
         return np.unique(rows)
 

@@ -27,8 +27,29 @@ __all__ = ["ValidationWindow"]
 # before the query needs another pass over the corpus.
 CACHE_SPARE = 8
 
-# A pass over the corpus scores blocks of this many documents at a time.
+# A pass over the corpus scores blocks of this many documents at a time; the first block is small,
+# so that each query's running threshold is set before the big blocks come.
 _PASS_ROWS = 16384
+_FIRST_BLOCK = 1024
+
+
+def _merge_top(best, best_rows, q, rows, scores, keep):
+    """Merge candidates (query q, row, score) into each query's sorted best ``keep``."""
+    nq = best.shape[0]
+    all_q = np.concatenate([np.repeat(np.arange(nq), keep), q])
+    all_scores = np.concatenate([best.ravel(), scores.astype(np.float32)])
+    all_rows = np.concatenate([best_rows.ravel(), rows])
+    # By query, then best score first; ties by row, so that the result is deterministic.
+    order = np.lexsort((all_rows, -all_scores, all_q))
+    all_q, all_scores, all_rows = all_q[order], all_scores[order], all_rows[order]
+    starts = np.searchsorted(all_q, np.arange(nq))
+    rank = np.arange(len(all_q)) - starts[all_q]
+    take = rank < keep
+    out = np.full((nq, keep), -np.inf, dtype=np.float32)
+    out_rows = np.full((nq, keep), -1, dtype=np.int64)
+    out[all_q[take], rank[take]] = all_scores[take]
+    out_rows[all_q[take], rank[take]] = all_rows[take]
+    return out, out_rows
 
 
 class ValidationWindow:
@@ -40,7 +61,7 @@ class ValidationWindow:
         self.k = k
         self.width = k + CACHE_SPARE
         self.raw = np.zeros((capacity, dim), dtype=np.float32)
-        self.unit = np.zeros((capacity, dim), dtype=np.float32)
+        self._unit = np.zeros((capacity, dim), dtype=np.float32)
         self.query_ids: list[str | None] = [None] * capacity
         self.answers: list[dict[str, float]] = [{} for _ in range(capacity)]
         self.slot_of: dict[str, int] = {}
@@ -49,6 +70,16 @@ class ValidationWindow:
         self.cache_rows = np.full((capacity, self.width), -1, dtype=np.int64)
         self.cache_scores = np.full((capacity, self.width), -np.inf, dtype=np.float32)
         self.floor = np.full(capacity, np.inf)
+        self._unit_stale: list[int] = []
+
+    @property
+    def unit(self) -> np.ndarray:
+        """Unit query vectors by slot (normalised when first needed, in bulk)."""
+        if self._unit_stale:
+            slots = np.array(self._unit_stale, dtype=np.int64)
+            self._unit_stale = []
+            self._unit[slots] = unit_rows(self.raw[slots])[0]
+        return self._unit
 
     def __len__(self) -> int:
         return len(self.slot_of)
@@ -73,7 +104,7 @@ class ValidationWindow:
             self.order.append(query_id)
             self.query_ids[slot] = query_id
             self.raw[slot] = vector
-            self.unit[slot] = unit_rows(vector[None, :])[0][0]
+            self._unit_stale.append(slot)
             self.answers[slot] = {}
             self.floor[slot] = np.inf
             self.cache_rows[slot] = -1
@@ -162,46 +193,53 @@ class ValidationWindow:
 
         ``untouched`` flags the rows of ``originals`` that may compete; ``row_of(doc_id)`` gives a
         document's row (or None), to leave out each query's answers.
+
+        Each query keeps its best ``width + 1`` scores so far; only scores above the last of them
+        can matter, and after the first small block few do, so the pass costs the product and one
+        comparison per score, not a selection over every score.
         """
         if len(slots) == 0:
             return
         n = len(untouched)
-        best_rows = np.full((len(slots), self.width), -1, dtype=np.int64)
-        best = np.full((len(slots), self.width), -np.inf, dtype=np.float32)
-        answer_cells = [
+        keep = self.width + 1
+        best = np.full((len(slots), keep), -np.inf, dtype=np.float32)
+        best_rows = np.full((len(slots), keep), -1, dtype=np.int64)
+        cells = [
             (i, row)
             for i, slot in enumerate(slots)
             for doc_id in self.answers[slot]
             if (row := row_of(doc_id)) is not None
         ]
-        v_t = np.ascontiguousarray(self.unit[slots].T)
-        floor = np.full(len(slots), -np.inf)
-        for start in range(0, n, _PASS_ROWS):
-            stop = min(start + _PASS_ROWS, n)
-            table = originals[start:stop] @ v_t  # [block, n_slots]
-            table[~untouched[start:stop]] = -np.inf
-            for i, row in answer_cells:
-                if start <= row < stop:
-                    table[row - start, i] = -np.inf
-            take = min(self.width + 1, stop - start)
-            part = (
-                np.argpartition(-table, take - 1, axis=0)[:take]
-                if take < stop - start
-                else (np.broadcast_to(np.arange(stop - start)[:, None], table.shape))
-            )
-            cand = np.take_along_axis(table, part, axis=0).T
-            cand_rows = (part + start).T
-            rows_all = np.concatenate([best_rows, cand_rows], axis=1)
-            scores_all = np.concatenate([best, cand], axis=1)
-            order = np.argsort(-scores_all, axis=1, kind="stable")
-            rows_all = np.take_along_axis(rows_all, order, axis=1)
-            scores_all = np.take_along_axis(scores_all, order, axis=1)
-            best_rows, best = rows_all[:, : self.width], scores_all[:, : self.width]
-            floor = np.maximum(floor, scores_all[:, self.width])
-        self.cache_rows[slots] = np.where(np.isfinite(best), best_rows, -1)
-        self.cache_scores[slots] = best
-        # Keep floor at the best score left out: every untouched document above it is cached.
-        self.floor[slots] = floor
+        answer_q = np.array([c[0] for c in cells], dtype=np.int64)
+        answer_r = np.array([c[1] for c in cells], dtype=np.int64)
+        v = self.unit[slots]
+        start = 0
+        block = _FIRST_BLOCK
+        while start < n:
+            stop = min(start + block, n)
+            table = v @ originals[start:stop].T  # [queries, block]
+            table[:, ~untouched[start:stop]] = -np.inf
+            inside = (answer_r >= start) & (answer_r < stop)
+            table[answer_q[inside], answer_r[inside] - start] = -np.inf
+            if stop - start > keep and start == 0:
+                # The first block: every score beats -inf; take each query's best directly.
+                c = np.argpartition(-table, keep - 1, axis=1)[:, :keep]
+                q = np.repeat(np.arange(len(slots)), keep)
+                c = c.ravel()
+            else:
+                # Later blocks: only rows whose best beats their threshold have candidates.
+                hot = np.flatnonzero(table.max(axis=1) > best[:, -1])
+                q, c = np.nonzero(table[hot] > best[hot, -1:])
+                q = hot[q]
+            if len(q):
+                best, best_rows = _merge_top(best, best_rows, q, c + start, table[q, c], keep)
+            start = stop
+            # Grow the blocks as thresholds rise: candidates per block stay few.
+            block = min(2 * block, _PASS_ROWS)
+        self.cache_rows[slots] = np.where(np.isfinite(best[:, :-1]), best_rows[:, :-1], -1)
+        self.cache_scores[slots] = best[:, :-1]
+        # The best score left out: every untouched document above it is cached.
+        self.floor[slots] = best[:, -1].astype(np.float64)
 
     def others(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The best ``k`` cached scores of each slot, and which slots need a pass first."""
