@@ -173,7 +173,9 @@ def objective_at(
     theta = float(gamma_to_theta(gamma)) if method == "nudge-n" else 0.0
     dtype = np.result_type(scores.sims.dtype, np.float32)
     counts = np.empty(len(scores.answer_cols), dtype=np.int64)
-    for rows, q in _pair_blocks(scores, scores.sims.shape[1] + scores.others.shape[1]):
+    # Smaller blocks than the sweep's: the NUDGE-N path holds several float64 tables at once.
+    width = scores.sims.shape[1] + scores.others.shape[1]
+    for rows, q in _pair_blocks(scores, width, _BLOCK_ELEMENTS // 4):
         pr, pc = _answer_cells(scores, rows, q)
         if method == "nudge-m" or gamma == 0.0:
             # At gamma 0 both methods score the original embeddings: the line form, slope unused.
@@ -229,10 +231,10 @@ def _gather(table: np.ndarray, q: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.where(cols >= 0, table[q, np.maximum(cols, 0)], 0)
 
 
-def _pair_blocks(scores: ValidationScores, width: int):
-    """(pair indices, their queries) in blocks that keep ``len(block) * width`` bounded."""
+def _pair_blocks(scores: ValidationScores, width: int, cells: int = _BLOCK_ELEMENTS):
+    """(pair indices, their queries) in blocks that keep ``len(block) * width <= cells``."""
     n_pairs = len(scores.answer_cols)
-    step = max(1, _BLOCK_ELEMENTS // max(width, 1))
+    step = max(1, cells // max(width, 1))
     pair_query = scores.pair_query
     for start in range(0, n_pairs, step):
         rows = np.arange(start, min(start + step, n_pairs))
