@@ -35,7 +35,7 @@ from stream_nudge.messages import (
     is_validation,
 )
 
-__all__ = ["Engine", "Output", "SelectionReport"]
+__all__ = ["Engine", "Output", "SelectionReport", "restore", "snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -175,12 +175,13 @@ class Engine:
         return [self.docs.ids[r] for r in rows], self._embeddings(rows)
 
     def select_gamma(self) -> SelectionReport | None:
-        """Re-select gamma now (also done automatically); None if the window is empty."""
-        out = Output()
-        self._flush()
-        self._select(out)
-        self._publish(out)
+        """Re-select gamma now and publish what that changes (see :meth:`reselect`)."""
+        out = self.reselect()
         return out.selections[-1] if out.selections else None
+
+    def reselect(self) -> Output:
+        """Re-select gamma now (also done automatically), then publish; like :meth:`finish`."""
+        return self.finish()
 
     # --- applying input -----------------------------------------------------------------------
 
@@ -478,3 +479,140 @@ class Engine:
                 docs.published[slot] = current[i]
                 docs.has_published[slot] = True
         self.counts["updates"] += int(emit.sum())
+
+
+# --- snapshots --------------------------------------------------------------------------------
+
+
+def snapshot(engine: Engine) -> tuple[dict[str, np.ndarray], dict]:
+    """The engine's whole state as named arrays plus JSON-able metadata.
+
+    Taken between batches (nothing buffered, nothing waiting to be published). Restored by
+    :func:`restore`; the pair is what a checkpoint stores.
+    """
+    engine._flush()
+    arrays: dict[str, np.ndarray] = {}
+    meta: dict = {
+        "gamma": engine.gamma,
+        "generation": engine.generation,
+        "events": engine.events,
+        "events_since_selection": engine.events_since_selection,
+        "clock": engine.clock,
+        "last_selection_clock": engine.last_selection_clock,
+        "dead_letters": dict(engine.dead_letters),
+        "counts": dict(engine.counts),
+        "dimension": engine.decoder.dimension,
+        "pending_count": engine.pending_count,
+        "changed": sorted(engine._changed),
+        "forced": sorted(engine._forced),
+        "gamma_changed": engine._gamma_changed,
+        "leave_caches": sorted(engine._leave_caches),
+        "enter_caches": sorted(engine._enter_caches),
+    }
+    docs = engine.docs
+    if docs is not None:
+        n, s = docs.n_rows, docs.n_slots
+        arrays.update(
+            originals=docs.originals[:n],
+            alive=docs.alive[:n],
+            slot_of=docs.slot_of[:n],
+            sums=docs.sums[:s],
+            clicks=docs.clicks[:s],
+            published=docs.published[:s],
+            has_published=docs.has_published[:s],
+            row_of_slot=docs.row_of_slot[:s],
+            free_rows=np.array(docs.free_rows, dtype=np.int64),
+            free_slots=np.array(docs.free_slots, dtype=np.int64),
+        )
+        meta["ids"] = docs.ids[:n]
+        window = engine.window
+        arrays.update(
+            window_raw=window.raw,
+            window_cache_rows=window.cache_rows,
+            window_cache_scores=window.cache_scores,
+            window_floor=window.floor,
+        )
+        meta["window"] = {
+            "query_ids": window.query_ids,
+            "answers": window.answers,
+            "order": list(window.order),
+        }
+    pending_ids, pending_vectors, pending_weights = [], [], []
+    for doc_id, waiting in engine.pending.items():
+        for vector, weight in waiting:
+            pending_ids.append(doc_id)
+            pending_vectors.append(vector)
+            pending_weights.append(weight)
+    meta["pending_ids"] = pending_ids
+    arrays["pending_weights"] = np.array(pending_weights, dtype=np.float64)
+    if pending_vectors:
+        arrays["pending_vectors"] = np.stack(pending_vectors)
+    return arrays, meta
+
+
+def restore(config: Config, arrays: dict[str, np.ndarray], meta: dict) -> Engine:
+    """An engine in the state :func:`snapshot` recorded."""
+    engine = Engine(config)
+    engine.gamma = float(meta["gamma"])
+    engine.generation = int(meta["generation"])
+    engine.events = int(meta["events"])
+    engine.events_since_selection = int(meta["events_since_selection"])
+    engine.clock = meta["clock"]
+    engine.last_selection_clock = meta["last_selection_clock"]
+    engine.dead_letters = Counter(meta["dead_letters"])
+    engine.counts = Counter(meta["counts"])
+    engine.decoder.dimension = meta["dimension"]
+    engine._changed = set(meta["changed"])
+    engine._forced = set(meta["forced"])
+    engine._gamma_changed = bool(meta["gamma_changed"])
+    engine._leave_caches = set(meta["leave_caches"])
+    engine._enter_caches = set(meta["enter_caches"])
+    if "originals" in arrays:
+        dim = arrays["originals"].shape[1]
+        engine._start(dim)
+        docs = engine.docs
+        n, s = len(arrays["alive"]), len(arrays["clicks"])
+        if n > len(docs.alive):
+            docs._grow_rows(n)
+        docs.originals[:n] = arrays["originals"]
+        docs.alive[:n] = arrays["alive"]
+        docs.slot_of[:n] = arrays["slot_of"]
+        docs.n_rows = n
+        docs.ids[:n] = meta["ids"]
+        docs.row_of = {doc_id: row for row, doc_id in enumerate(meta["ids"]) if doc_id is not None}
+        docs.free_rows = arrays["free_rows"].tolist()
+        while docs.n_slots < s:
+            docs._new_slot()
+        docs.sums[:s] = arrays["sums"]
+        docs.clicks[:s] = arrays["clicks"]
+        docs.published[:s] = arrays["published"]
+        docs.has_published[:s] = arrays["has_published"]
+        docs.row_of_slot[:s] = arrays["row_of_slot"]
+        docs.free_slots = arrays["free_slots"].tolist()
+        window = engine.window
+        if arrays["window_raw"].shape[0] != window.capacity:
+            raise ValueError(
+                f"the checkpoint's validation window holds {arrays['window_raw'].shape[0]} queries, "
+                f"the configuration says {window.capacity}; start from a fresh state or keep the size"
+            )
+        window.raw[:] = arrays["window_raw"]
+        window.cache_rows[:] = arrays["window_cache_rows"]
+        window.cache_scores[:] = arrays["window_cache_scores"]
+        window.floor[:] = arrays["window_floor"]
+        w = meta["window"]
+        window.query_ids = list(w["query_ids"])
+        window.answers = [dict(a) for a in w["answers"]]
+        window.order.extend(w["order"])
+        window.slot_of = {q: i for i, q in enumerate(window.query_ids) if q is not None}
+        for slot, answers in enumerate(window.answers):
+            if window.query_ids[slot] is not None:
+                for doc_id in answers:
+                    window.answer_slots.setdefault(doc_id, set()).add(slot)
+        window._unit_stale = list(window.slot_of.values())
+    vectors = arrays.get("pending_vectors")
+    for i, doc_id in enumerate(meta["pending_ids"]):
+        engine.pending.setdefault(doc_id, []).append(
+            (vectors[i].copy(), float(arrays["pending_weights"][i]))
+        )
+    engine.pending_count = int(meta["pending_count"])
+    return engine
