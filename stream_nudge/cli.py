@@ -68,7 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_arg(replay)
 
-    run = sub.add_parser("run", help="the long-lived Kafka consumer (not built yet)")
+    run = sub.add_parser(
+        "run",
+        help="the long-lived Kafka consumer: docs + events topics in, updates topic out",
+        description="Consume documents and events from Kafka, publish changed embeddings. "
+        "Environment: STREAM_NUDGE_KAFKA_BOOTSTRAP overrides kafka.bootstrap_servers; "
+        "STREAM_NUDGE_KAFKA_SASL_USERNAME / _SASL_PASSWORD / _SSL_PASSWORD override the secrets.",
+    )
     _config_arg(run)
     sub.add_parser("evaluate", help="measure retrieval gains on held-out queries (not built yet)")
     return parser
@@ -90,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    if args.command in ("run", "evaluate"):
+    if args.command == "evaluate":
         print(
             f"stream-nudge {args.command}: not built yet in this version ({__version__})",
             file=sys.stderr,
@@ -104,6 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"stream-nudge {args.command}: bad configuration: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+    if args.command == "run":
+        from stream_nudge.observability import setup_logging
+        from stream_nudge.service import Service
+
+        setup_logging(config.logging.level, config.logging.format)
+        return Service(config).run()
 
     if args.command == "demo":
         from stream_nudge.demo import run_demo

@@ -84,6 +84,76 @@ class ReplayConfig:
 
 
 @dataclass(frozen=True)
+class TopicsConfig:
+    docs: str = "docs"
+    events: str = "events"
+    #: Created compacted (if absent) with the partitions and replication below.
+    updates: str = "updates"
+    dead_letters: str = "dead-letters"
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    #: Comma-separated host:port list (env STREAM_NUDGE_KAFKA_BOOTSTRAP overrides).
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "stream-nudge"
+    client_id: str = "stream-nudge"
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
+    #: Partitions and replication factor for the topics the service creates (updates, dead letters).
+    partitions: int = 3
+    replication_factor: int = 1
+    #: Records per poll (a batch); bounds memory under backpressure.
+    max_poll_records: int = 1000
+    poll_timeout_ms: int = 500
+    #: Fetch sizes, large enough for batches of embeddings.
+    fetch_max_bytes: int = 52_428_800
+    max_partition_fetch_bytes: int = 10_485_760
+    #: Producer batching; messages of 384 float32 vectors are about 2-8 KB.
+    linger_ms: int = 20
+    batch_size: int = 1_048_576
+    max_request_size: int = 10_485_760
+    compression_type: str | None = None
+    #: Passed as they are to kafka-python (security_protocol, sasl_mechanism, sasl_plain_username,
+    #: ssl_cafile, ...). Secrets: env STREAM_NUDGE_KAFKA_SASL_PASSWORD / _SSL_PASSWORD override.
+    security: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    #: Directory of the checkpoint file (and the previous one).
+    directory: str = "./state"
+    #: Write a checkpoint this often (and at shutdown and on partition revocation).
+    every_seconds: float = 30.0
+    #: Keep the previous checkpoint beside the current one.
+    keep_previous: bool = True
+    #: If the current checkpoint is corrupt, start from the previous one instead of refusing.
+    fallback_to_previous: bool = False
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    #: Prometheus metrics and /healthz on this port (0: off).
+    port: int = 9108
+    host: str = "0.0.0.0"
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "INFO"
+    #: "text" or "json" (one JSON object per line).
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    #: When caught up with every partition and clicks came since the last selection, select gamma
+    #: after this long without input (the live counterpart of replay's final selection).
+    idle_select_seconds: float = 2.0
+    #: Retry a broker that is down with exponential backoff up to this many seconds.
+    retry_backoff_max_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
 class Config:
     #: "nudge-n" (unit-norm output, cosine or dot) or "nudge-m" (dot product only).
     method: str = "nudge-n"
@@ -97,6 +167,11 @@ class Config:
     pending: PendingConfig = field(default_factory=PendingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
 
     @property
     def similarity(self) -> str:
@@ -153,6 +228,40 @@ def _check(c: Config) -> None:
         fail("limits.max_weight", "must be > 0")
     if c.replay.batch_size < 1:
         fail("replay.batch_size", "must be >= 1")
+    k = c.kafka
+    if not k.bootstrap_servers.strip():
+        fail("kafka.bootstrap_servers", "must name at least one host:port")
+    for name in ("docs", "events", "updates", "dead_letters"):
+        if not getattr(k.topics, name).strip():
+            fail(f"kafka.topics.{name}", "must not be empty")
+    for name in (
+        "partitions",
+        "replication_factor",
+        "max_poll_records",
+        "poll_timeout_ms",
+        "fetch_max_bytes",
+        "max_partition_fetch_bytes",
+        "batch_size",
+        "max_request_size",
+    ):
+        if getattr(k, name) < 1:
+            fail(f"kafka.{name}", "must be >= 1")
+    if k.linger_ms < 0:
+        fail("kafka.linger_ms", "must be >= 0")
+    if k.compression_type not in (None, "gzip", "snappy", "lz4", "zstd"):
+        fail("kafka.compression_type", "must be null, gzip, snappy, lz4 or zstd")
+    if c.checkpoint.every_seconds <= 0:
+        fail("checkpoint.every_seconds", "must be > 0")
+    if not 0 <= c.metrics.port <= 65535:
+        fail("metrics.port", "must be between 0 (off) and 65535")
+    if c.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        fail("logging.level", "must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    if c.logging.format not in ("text", "json"):
+        fail("logging.format", "must be 'text' or 'json'")
+    if c.service.idle_select_seconds < 0:
+        fail("service.idle_select_seconds", "must be >= 0")
+    if c.service.retry_backoff_max_seconds <= 0:
+        fail("service.retry_backoff_max_seconds", "must be > 0")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Config:
@@ -177,7 +286,29 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
         data = {} if data is None else data
     if overrides:
         data = _merge(data, overrides)
+    data = _merge(data, env_overrides(os.environ)) if isinstance(data, dict) else data
     return build(Config, data, "")
+
+
+#: Environment variables that override the file: the broker address and secrets.
+ENV_OVERRIDES = {
+    "STREAM_NUDGE_KAFKA_BOOTSTRAP": ("kafka", "bootstrap_servers"),
+    "STREAM_NUDGE_KAFKA_SASL_USERNAME": ("kafka", "security", "sasl_plain_username"),
+    "STREAM_NUDGE_KAFKA_SASL_PASSWORD": ("kafka", "security", "sasl_plain_password"),
+    "STREAM_NUDGE_KAFKA_SSL_PASSWORD": ("kafka", "security", "ssl_password"),
+}
+
+
+def env_overrides(environ) -> dict:
+    out: dict = {}
+    for name, path in ENV_OVERRIDES.items():
+        value = environ.get(name)
+        if value:
+            node = out
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = value
+    return out
 
 
 def _merge(base: Any, extra: dict) -> dict:
@@ -242,7 +373,7 @@ def _coerce(hint, value: Any, key: str):
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
-    if typing.get_origin(hint) is dict:
+    if hint is dict or typing.get_origin(hint) is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return {str(k): v for k, v in value.items()}

@@ -30,7 +30,7 @@ class MemorySink:
     """Keeps everything in lists (for tests and the demo)."""
 
     def __init__(self):
-        self.messages: list[tuple[str, bytes | None, bytes]] = []
+        self.messages: list[tuple[str, bytes | None, bytes, int]] = []
         self.dead_letters = []
 
     def write(self, output: Output) -> None:
@@ -40,7 +40,7 @@ class MemorySink:
     def latest(self) -> dict[str, dict | None]:
         """The updates reduced by key, as a compacted topic would keep them (None: deleted)."""
         state: dict[str, dict | None] = {}
-        for key, value, _ in self.messages:
+        for key, value, _, _ in self.messages:
             state[key] = None if value is None else orjson.loads(value)
         return state
 
@@ -60,7 +60,7 @@ class JsonlSink:
         self._dead = Path(dead_letter).open("wb") if dead_letter is not None else None  # noqa: SIM115
 
     def write(self, output: Output) -> None:
-        lines = [line for _, _, line in output.messages]
+        lines = [line for _, _, line, _ in output.messages]
         if lines:
             self._out.write(b"\n".join(lines) + b"\n")
         if self._dead is not None and output.dead_letters:

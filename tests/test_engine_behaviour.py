@@ -74,7 +74,7 @@ def test_updates_carry_growing_generations_and_deletes_publish_tombstones():
     ]
     engine, sink = run_engine(recs, {"gamma": {"every_events": 10}})
     last_generation = {}
-    for key, value, line in sink.messages:
+    for key, value, line, _ in sink.messages:
         body = orjson.loads(line)
         assert body["generation"] > last_generation.get(key, 0)
         last_generation[key] = body["generation"]
@@ -83,7 +83,7 @@ def test_updates_carry_growing_generations_and_deletes_publish_tombstones():
         else:
             assert body["gamma"] >= 0 and len(body["embedding"]) == 8
     assert sink.latest()["d0"] is None
-    assert sum(1 for k, v, _ in sink.messages if v is None) == 1  # the second delete is a no-op
+    assert sum(1 for k, v, _, _ in sink.messages if v is None) == 1  # the second delete is a no-op
     assert engine.counts["deletes_unknown"] == 1
     assert "d0" not in engine.docs.row_of
 

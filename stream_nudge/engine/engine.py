@@ -50,12 +50,12 @@ _SPLIT_CACHE = 100_000
 class Output:
     """What one call produced, in the order a sink must write it.
 
-    ``messages`` holds ``(key, value, line)`` for the updates stream: ``value`` is the encoded
-    update, or None for a deleted document (a Kafka tombstone); ``line`` is the JSONL form (the
-    update itself, or ``{"id": ..., "deleted": true}``).
+    ``messages`` holds ``(key, value, line, generation)`` for the updates stream: ``value`` is the
+    encoded update, or None for a deleted document (a Kafka tombstone); ``line`` is the JSONL form
+    (the update itself, or ``{"id": ..., "deleted": true}``).
     """
 
-    messages: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
+    messages: list[tuple[str, bytes | None, bytes, int]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     selections: list[SelectionReport] = field(default_factory=list)
 
@@ -224,7 +224,9 @@ class Engine:
         self._changed.discard(row)
         self._forced.discard(row)
         self.generation += 1
-        out.messages.append((doc.id, None, encode_tombstone(doc.id, self.generation)))
+        out.messages.append(
+            (doc.id, None, encode_tombstone(doc.id, self.generation), self.generation)
+        )
 
     def _event(self, event: Event, record: Record, out: Output) -> None:
         self.events += 1
@@ -383,6 +385,14 @@ class Engine:
             report.value_after,
             report.queries,
             report.nudged,
+            extra={
+                "gamma": self.gamma,
+                "candidate": choice.gamma,
+                "score_before": report.value_before,
+                "score_after": report.value_after,
+                "validation_queries": report.queries,
+                "nudged": report.nudged,
+            },
         )
 
     def _update_caches(self) -> None:
@@ -473,7 +483,7 @@ class Engine:
                 c.similarity,
                 c.publish.encoding,
             )
-            out.messages.append((doc_id, value, value))
+            out.messages.append((doc_id, value, value, self.generation))
             slot = int(docs.slot_of[row])
             if slot >= 0:
                 docs.published[slot] = current[i]

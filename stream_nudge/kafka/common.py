@@ -1,0 +1,14 @@
+"""Settings shared by every kafka-python client the service makes."""
+
+from __future__ import annotations
+
+from stream_nudge.config import Config
+
+
+def client_settings(config: Config) -> dict:
+    k = config.kafka
+    return {
+        "bootstrap_servers": [s.strip() for s in k.bootstrap_servers.split(",") if s.strip()],
+        "client_id": k.client_id,
+        **k.security,
+    }

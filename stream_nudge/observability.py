@@ -1,0 +1,142 @@
+"""Prometheus metrics, /healthz, and structured logs for the long-lived service."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["JsonFormatter", "Metrics", "setup_logging"]
+
+
+class Metrics:
+    """The service's metrics, in a registry of their own."""
+
+    def __init__(self):
+        r = self.registry = CollectorRegistry()
+        self.events = Counter(
+            "stream_nudge_events_consumed", "Records consumed, by topic", ["topic"], registry=r
+        )
+        self.dead_letters = Counter(
+            "stream_nudge_dead_letters", "Dead letters, by reason", ["reason"], registry=r
+        )
+        self.updates = Counter(
+            "stream_nudge_updates_published", "Updates and tombstones published", registry=r
+        )
+        self.lag = Gauge(
+            "stream_nudge_consumer_lag",
+            "Records not yet consumed",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.gamma = Gauge("stream_nudge_gamma", "The gamma in force", registry=r)
+        self.score = Gauge(
+            "stream_nudge_validation_score",
+            "Objective on the validation window",
+            ["at"],
+            registry=r,
+        )
+        self.nudged = Gauge(
+            "stream_nudge_nudged_documents", "Documents with a non-zero query sum", registry=r
+        )
+        self.documents = Gauge("stream_nudge_documents", "Live documents", registry=r)
+        self.checkpoint_age = Gauge(
+            "stream_nudge_checkpoint_age_seconds", "Seconds since the last checkpoint", registry=r
+        )
+        self.checkpoint_seconds = Histogram(
+            "stream_nudge_checkpoint_duration_seconds",
+            "Time to flush and write a checkpoint",
+            registry=r,
+        )
+        self.reselection_seconds = Histogram(
+            "stream_nudge_reselection_duration_seconds", "Time to re-select gamma", registry=r
+        )
+        self.last_checkpoint = time.time()
+        self.last_tick = time.monotonic()
+        self._server: ThreadingHTTPServer | None = None
+
+    def tick(self) -> None:
+        """The main loop is alive (for /healthz)."""
+        self.last_tick = time.monotonic()
+        self.checkpoint_age.set(time.time() - self.last_checkpoint)
+
+    def healthy(self, stale_after: float) -> bool:
+        return time.monotonic() - self.last_tick < stale_after
+
+    def serve(self, host: str, port: int, stale_after: float = 120.0) -> int:
+        """Serve /metrics and /healthz on a background thread; returns the bound port."""
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path.startswith("/metrics"):
+                    body, ctype, status = (
+                        generate_latest(metrics.registry),
+                        CONTENT_TYPE_LATEST,
+                        200,
+                    )
+                elif self.path.startswith("/healthz"):
+                    ok = metrics.healthy(stale_after)
+                    body, ctype, status = (
+                        (b"ok\n" if ok else b"stalled\n"),
+                        "text/plain",
+                        200 if ok else 503,
+                    )
+                else:
+                    body, ctype, status = b"not found\n", "text/plain", 404
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):  # no access log on stderr
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
+        return self._server.server_address[1]
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and any ``extra`` fields."""
+
+    _standard: ClassVar[set[str]] = set(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in self._standard and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # kafka-python is chatty at INFO about every connection.
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))

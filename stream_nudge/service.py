@@ -1,0 +1,218 @@
+"""``stream-nudge run``: the engine between Kafka topics, checkpointed, restartable, observable.
+
+The loop: poll a batch -> engine -> send the updates; every ``checkpoint.every_seconds``, and at
+shutdown and before partitions are revoked: flush the producer (every update of the processed
+batches is acknowledged), then write the checkpoint (engine state + next offset of every input
+partition, atomically), then commit the offsets to the group (informational). On start: restore the
+checkpoint and seek to its offsets, so no event is counted twice and none is lost.
+
+Updates sent after the last checkpoint may be sent again after a crash (the batches after it are
+processed again); they are upserts keyed by document id, and generations continue above the highest
+one found in the updates topic, so a document's generation never goes backwards.
+
+SIGTERM and SIGINT only set a flag: the current batch finishes, a final checkpoint is written, and
+the process exits 0. A broker that is down (at start or later) is retried with exponential backoff;
+if delivery of updates fails, the engine goes back to the last checkpoint and reprocesses from its
+offsets once the broker is back, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+
+from kafka.errors import KafkaError
+
+from stream_nudge.checkpoint import CheckpointError, CheckpointStore
+from stream_nudge.config import Config
+from stream_nudge.engine import Engine, Output, restore, snapshot
+from stream_nudge.kafka import KafkaSink, KafkaSource, SinkError, ensure_topics, last_generation
+from stream_nudge.observability import Metrics
+
+__all__ = ["Service"]
+
+log = logging.getLogger(__name__)
+
+
+class _Restart(Exception):
+    """Go back to the last checkpoint and reconnect."""
+
+
+class Service:
+    def __init__(self, config: Config):
+        self.config = config
+        c = config.checkpoint
+        self.store = CheckpointStore(
+            c.directory, keep_previous=c.keep_previous, fallback=c.fallback_to_previous
+        )
+        self.metrics = Metrics()
+        self.stop_requested = False
+        self.engine: Engine | None = None
+        self.source: KafkaSource | None = None
+        self.sink: KafkaSink | None = None
+        self.offsets: dict = {}
+        self.last_checkpoint = time.monotonic()
+        self.last_input = time.monotonic()
+        self.metrics_port: int | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def request_stop(self, *_args) -> None:
+        if not self.stop_requested:
+            log.info("stop requested: finishing the batch, then a final checkpoint")
+        self.stop_requested = True
+
+    def run(self) -> int:
+        """Run until stopped; 0 on a clean stop, 1 if the state cannot be restored."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        m = self.config.metrics
+        if m.port:
+            self.metrics_port = self.metrics.serve(m.host, m.port)
+            log.info("metrics and /healthz on %s:%d", m.host, self.metrics_port)
+        try:
+            self._load_state()
+        except (CheckpointError, ValueError) as exc:
+            log.error("cannot start: %s", exc)
+            return 1
+        backoff = 0.5
+        while not self.stop_requested:
+            try:
+                self._connect()
+                backoff = 0.5
+                self._loop()
+            except (KafkaError, SinkError, OSError, TimeoutError, _Restart) as exc:
+                log.warning(
+                    "Kafka trouble (%s: %s); retrying in %.1f s",
+                    exc.__class__.__name__,
+                    exc,
+                    backoff,
+                )
+                self._disconnect()
+                self._sleep(backoff)
+                backoff = min(2 * backoff, self.config.service.retry_backoff_max_seconds)
+                # Whatever was sent since the last checkpoint may not have arrived: start again
+                # from the checkpoint (its offsets), which reprocesses and resends it.
+                try:
+                    self._load_state()
+                except (CheckpointError, ValueError) as err:
+                    log.error("cannot restore the checkpoint: %s", err)
+                    return 1
+        self._shutdown()
+        return 0
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stop_requested and time.monotonic() < deadline:
+            self.metrics.tick()
+            time.sleep(min(0.2, deadline - time.monotonic()))
+
+    def _load_state(self) -> None:
+        checkpoint = self.store.load()
+        if checkpoint is None:
+            self.engine = Engine(self.config)
+            self.offsets = {}
+            log.info(
+                "no checkpoint in %s: starting from the beginning of the input",
+                self.store.directory,
+            )
+        else:
+            self.engine = restore(self.config, checkpoint.arrays, checkpoint.meta)
+            self.offsets = checkpoint.offsets
+            log.info(
+                "restored checkpoint %s: %d events, %d documents, gamma %.6g",
+                checkpoint.path,
+                self.engine.events,
+                len(self.engine.docs) if self.engine.docs else 0,
+                self.engine.gamma,
+            )
+        self.metrics.last_checkpoint = time.time()
+
+    def _connect(self) -> None:
+        ensure_topics(self.config)
+        published = last_generation(self.config)
+        if published > self.engine.generation:
+            self.engine.generation = published
+        self.sink = KafkaSink(self.config)
+        self.source = KafkaSource(self.config, self.offsets, on_revoke=self.checkpoint)
+        log.info("connected to %s", self.config.kafka.bootstrap_servers)
+
+    def _disconnect(self) -> None:
+        for edge in (self.source, self.sink):
+            if edge is not None:
+                try:
+                    edge.close()
+                except Exception as exc:  # closing a broken client must not stop the restart
+                    log.debug("closing %s: %s", edge.__class__.__name__, exc)
+        self.source = self.sink = None
+
+    def _shutdown(self) -> None:
+        try:
+            if self.source is not None and self.sink is not None:
+                self.checkpoint()
+        except (KafkaError, SinkError, OSError) as exc:
+            log.error("final checkpoint failed (%s); the previous one stands", exc)
+        self._disconnect()
+        self.metrics.close()
+        log.info("stopped")
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        c = self.config
+        while not self.stop_requested:
+            self.metrics.tick()
+            batch = self.source.next_batch(c.kafka.max_poll_records)
+            now = time.monotonic()
+            if batch:
+                self.last_input = now
+                for record in batch:
+                    self.metrics.events.labels(record.topic).inc()
+                self._emit(self.engine.process(batch))
+            elif (
+                self.engine.events_since_selection > 0
+                and now - self.last_input >= c.service.idle_select_seconds
+                and self.source.caught_up()
+            ):
+                # Caught up and idle: the live counterpart of replay's final selection.
+                self._emit(self.engine.reselect())
+            if now - self.last_checkpoint >= c.checkpoint.every_seconds:
+                self.checkpoint()
+            self._observe()
+
+    def _emit(self, output: Output) -> None:
+        self.sink.write(output)
+        self.metrics.updates.inc(len(output.messages))
+        for letter in output.dead_letters:
+            self.metrics.dead_letters.labels(letter.reason).inc()
+        for report in output.selections:
+            self.metrics.reselection_seconds.observe(report.seconds)
+            self.metrics.score.labels("before").set(report.value_before)
+            self.metrics.score.labels("after").set(report.value_after)
+
+    def _observe(self) -> None:
+        e = self.engine
+        self.metrics.gamma.set(e.gamma)
+        if e.docs is not None:
+            self.metrics.documents.set(len(e.docs))
+        if self.source is not None:
+            self.source.refresh_end_offsets()
+            for tp, lag in self.source.lag().items():
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+    def checkpoint(self) -> None:
+        """Flush the producer, write state + offsets atomically, then commit offsets to the group."""
+        started = time.monotonic()
+        self.sink.flush()
+        offsets = self.source.position()
+        arrays, meta = snapshot(self.engine)
+        self.store.save(arrays, meta, offsets)
+        self.offsets = offsets
+        self.source.commit()
+        self.last_checkpoint = time.monotonic()
+        self.metrics.last_checkpoint = time.time()
+        self.metrics.checkpoint_seconds.observe(self.last_checkpoint - started)
+        if self.engine.docs is not None:
+            self.metrics.nudged.set(len(self.engine.docs.nudged_rows()))
+        log.debug("checkpoint written (%d events)", self.engine.events)

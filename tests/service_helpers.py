@@ -1,0 +1,117 @@
+"""Running ``stream-nudge run`` as a real process against the real broker, and reading its output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import yaml
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from stream_nudge.checkpoint import CheckpointStore
+
+
+def produce(
+    bootstrap: str, topic: str, messages: list[bytes], keys: list[bytes] | None = None
+) -> None:
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+    )
+    for i, m in enumerate(messages):
+        producer.send(topic, value=m, key=keys[i] if keys else None)
+    producer.flush()
+    producer.close()
+
+
+def write_config(path: Path, bootstrap: str, topics: dict, state: Path, **sections) -> Path:
+    config = {
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "group_id": f"g-{topics['updates']}",
+            "topics": topics,
+            "partitions": 1,
+        },
+        "checkpoint": {"directory": str(state), "every_seconds": 0.5},
+        "metrics": {"port": 0},
+        "logging": {"level": "INFO"},
+        "service": {"idle_select_seconds": 0.5, "retry_backoff_max_seconds": 2},
+        "publish": {"min_change": 0.0},
+    }
+    for key, value in sections.items():
+        config[key] = {**config.get(key, {}), **value}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def start(config: Path, log: Path) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.pop("STREAM_NUDGE_KAFKA_BOOTSTRAP", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "stream_nudge", "run", "--config", str(config)],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+
+
+def checkpoint_meta(state: Path) -> dict | None:
+    try:
+        checkpoint = CheckpointStore(state).load()
+    except Exception:
+        return None
+    return None if checkpoint is None else checkpoint.meta
+
+
+def wait_until_done(
+    state: Path, n_events: int, proc: subprocess.Popen, timeout: float = 240.0
+) -> dict:
+    """Until a checkpoint shows every event processed and gamma selected after the last one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        meta = checkpoint_meta(state)
+        if meta and meta["events"] == n_events and meta["events_since_selection"] == 0:
+            return meta
+        if proc.poll() is not None:
+            raise AssertionError(f"the service exited with {proc.returncode}")
+        time.sleep(0.3)
+    raise AssertionError("the service did not finish in time")
+
+
+def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 60.0) -> int:
+    proc.send_signal(sig)
+    return proc.wait(timeout=timeout)
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    ends = consumer.end_offsets(parts)
+    out = []
+    deadline = time.monotonic() + timeout
+    while any(consumer.position(tp) < ends[tp] for tp in parts) and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=500).values():
+            out.extend(records)
+    consumer.close()
+    return out
+
+
+def reduce_updates(records) -> dict:
+    """The updates topic reduced by key, as a compacted topic keeps it (None: deleted)."""
+    state = {}
+    for r in records:
+        state[r.key.decode()] = None if r.value is None else orjson.loads(r.value)
+    return state
+
+
+def without_generation(state: dict) -> dict:
+    return {
+        k: None if v is None else {f: x for f, x in v.items() if f != "generation"}
+        for k, v in state.items()
+    }

@@ -1,0 +1,155 @@
+"""``stream-nudge run`` against the real broker: same result as replay, through stops, kills and outages."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+
+import numpy as np
+import pytest
+from service_helpers import (
+    checkpoint_meta,
+    produce,
+    read_topic,
+    reduce_updates,
+    start,
+    stop,
+    wait_until_done,
+    without_generation,
+    write_config,
+)
+from streams import dataset_messages, records, run_engine, sums_by_id
+
+from stream_nudge.checkpoint import CheckpointStore
+from stream_nudge.config import load_config
+from stream_nudge.sinks import MemorySink
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+ENGINE = {"gamma": {"every_events": 100, "every_seconds": 0}, "publish": {"min_change": 0.0}}
+
+
+@pytest.fixture(scope="module")
+def scifact(shared_data):
+    doc_msgs, event_msgs, _ = dataset_messages(shared_data, "scifact-minilm")
+    # The replay of the same logs: what the service must arrive at.
+    engine, sink = run_engine(records(doc_msgs, event_msgs), ENGINE)
+    return doc_msgs, event_msgs, engine, sink
+
+
+def make_topics(make_topic):
+    return {
+        "docs": make_topic("docs"),
+        "events": make_topic("events"),
+        "updates": make_topic("updates", cleanup_policy="compact"),
+        "dead_letters": make_topic("dead"),
+    }
+
+
+def check_same_as_replay(bootstrap, topics, state, replay_engine, replay_sink: MemorySink):
+    got = reduce_updates(read_topic(bootstrap, topics["updates"]))
+    assert without_generation(got) == without_generation(replay_sink.latest())
+    # Nothing lost, nothing counted twice: the query sums are the replay's, exactly.
+    checkpoint = CheckpointStore(state).load()
+    from stream_nudge.engine import restore
+
+    restored = restore(load_config(overrides=ENGINE), checkpoint.arrays, checkpoint.meta)
+    expected, sums = sums_by_id(replay_engine), sums_by_id(restored)
+    assert sums.keys() == expected.keys()
+    for doc_id, value in expected.items():
+        assert np.array_equal(sums[doc_id], value)
+    assert restored.gamma == replay_engine.gamma
+    # Generations only grow per document, across restarts.
+    last = {}
+    for r in read_topic(bootstrap, topics["updates"]):
+        g = int(dict(r.headers)["generation"])
+        assert g > last.get(r.key, 0)
+        last[r.key] = g
+
+
+def test_service_end_to_end_equals_replay(kafka_bootstrap, make_topic, scifact, tmp_path):
+    doc_msgs, event_msgs, replay_engine, replay_sink = scifact
+    topics = make_topics(make_topic)
+    produce(kafka_bootstrap, topics["docs"], doc_msgs)
+    produce(kafka_bootstrap, topics["events"], event_msgs)
+    state = tmp_path / "state"
+    config = write_config(tmp_path / "c.yaml", kafka_bootstrap, topics, state, **ENGINE)
+    proc = start(config, tmp_path / "service.log")
+    try:
+        wait_until_done(state, len(event_msgs), proc)
+    finally:
+        assert stop(proc) == 0, (tmp_path / "service.log").read_text()[-3000:]
+    check_same_as_replay(kafka_bootstrap, topics, state, replay_engine, replay_sink)
+    log = (tmp_path / "service.log").read_text()
+    assert "gamma changed" in log or "gamma kept" in log
+
+
+def test_sigterm_and_sigkill_mid_stream_then_restart_gives_the_same_result(
+    kafka_bootstrap, make_topic, scifact, tmp_path
+):
+    doc_msgs, event_msgs, replay_engine, replay_sink = scifact
+    topics = make_topics(make_topic)
+    produce(kafka_bootstrap, topics["docs"], doc_msgs)
+    produce(kafka_bootstrap, topics["events"], event_msgs)
+    state = tmp_path / "state"
+    # Small polls, so that the run is long enough to be interrupted many times.
+    config = write_config(
+        tmp_path / "c.yaml",
+        kafka_bootstrap,
+        topics,
+        state,
+        **ENGINE,
+        kafka={"max_poll_records": 40, "poll_timeout_ms": 100},
+    )
+    log = tmp_path / "service.log"
+    rng = random.Random(7)
+    # One SIGTERM, then five SIGKILLs at random moments, restarting each time.
+    for sig in [signal.SIGTERM] + [signal.SIGKILL] * 5:
+        proc = start(config, log)
+        time.sleep(rng.uniform(1.5, 4.0))
+        code = stop(proc, sig)
+        assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), log.read_text()[-3000:]
+    proc = start(config, log)
+    try:
+        wait_until_done(state, len(event_msgs), proc)
+    finally:
+        assert stop(proc) == 0
+    text = log.read_text()
+    assert text.count("restored checkpoint") >= 5
+    check_same_as_replay(kafka_bootstrap, topics, state, replay_engine, replay_sink)
+
+
+def test_a_bad_config_exits_2_and_a_corrupt_checkpoint_refuses_to_start(kafka_bootstrap, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kafka:\n  topics:\n    updatez: x\n")
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "stream_nudge", "run", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2 and "kafka.topics.updatez: unknown key" in run.stderr
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "checkpoint.npz").write_bytes(b"not a checkpoint")
+    config = write_config(
+        tmp_path / "c.yaml",
+        kafka_bootstrap,
+        {"docs": "d", "events": "e", "updates": "u", "dead_letters": "x"},
+        state,
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "stream_nudge", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        run.returncode == 1
+        and "checkpoint" in run.stdout + run.stderr
+        and "unreadable" in run.stdout + run.stderr
+    )
+    assert checkpoint_meta(state) is None
