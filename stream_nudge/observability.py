@@ -138,5 +138,8 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # kafka-python is chatty at INFO about every connection.
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
+    # kafka-python logs every failed reconnect as an ERROR while a broker is down; the service
+    # reports broker trouble itself, once per retry. Its own logs show at DEBUG.
+    logging.getLogger("kafka").setLevel(
+        logging.DEBUG if root.level <= logging.DEBUG else logging.CRITICAL
+    )

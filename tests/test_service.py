@@ -74,15 +74,48 @@ def test_service_end_to_end_equals_replay(kafka_bootstrap, make_topic, scifact, 
     produce(kafka_bootstrap, topics["docs"], doc_msgs)
     produce(kafka_bootstrap, topics["events"], event_msgs)
     state = tmp_path / "state"
-    config = write_config(tmp_path / "c.yaml", kafka_bootstrap, topics, state, **ENGINE)
+    from conftest import _free_port
+
+    port = _free_port()
+    config = write_config(
+        tmp_path / "c.yaml",
+        kafka_bootstrap,
+        topics,
+        state,
+        **ENGINE,
+        metrics={"port": port},
+        logging={"format": "json"},
+    )
     proc = start(config, tmp_path / "service.log")
     try:
         wait_until_done(state, len(event_msgs), proc)
+        import urllib.request
+
+        health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        assert health.status == 200
+        metrics = (
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        )
+        assert (
+            f'stream_nudge_events_consumed_total{{topic="events"}} {float(len(event_msgs))}'
+            in metrics
+        )
+        assert "stream_nudge_gamma " in metrics and "stream_nudge_consumer_lag" in metrics
+        assert "stream_nudge_checkpoint_duration_seconds_count" in metrics
     finally:
         assert stop(proc) == 0, (tmp_path / "service.log").read_text()[-3000:]
     check_same_as_replay(kafka_bootstrap, topics, state, replay_engine, replay_sink)
-    log = (tmp_path / "service.log").read_text()
-    assert "gamma changed" in log or "gamma kept" in log
+    import orjson
+
+    lines = [
+        orjson.loads(line)
+        for line in (tmp_path / "service.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    selections = [entry for entry in lines if entry["message"].startswith("gamma ")]
+    assert selections and all(
+        {"gamma", "score_after", "nudged"} <= entry.keys() for entry in selections
+    )
 
 
 def test_sigterm_and_sigkill_mid_stream_then_restart_gives_the_same_result(
@@ -153,3 +186,106 @@ def test_a_bad_config_exits_2_and_a_corrupt_checkpoint_refuses_to_start(kafka_bo
         and "unreadable" in run.stdout + run.stderr
     )
     assert checkpoint_meta(state) is None
+
+
+def test_broker_stopped_mid_stream_and_started_again(scifact, tmp_path):
+    """A broker of its own (stopping the session's would disturb other tests)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import KAFKA_SCRIPT, _free_port
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    doc_msgs, event_msgs, replay_engine, replay_sink = scifact
+    port, cport = _free_port(), _free_port()
+    env = dict(
+        os.environ,
+        KAFKA_PORT=str(port),
+        KAFKA_CONTROLLER_PORT=str(cport),
+        KAFKA_RUN_DIR=str(tmp_path / "broker"),
+        KAFKA_KEEP_DATA="1",
+        PYTHON=sys.executable,
+    )
+
+    def broker(command):
+        run = subprocess.run(
+            [str(KAFKA_SCRIPT), command], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert run.returncode == 0, run.stderr
+
+    bootstrap = f"127.0.0.1:{port}"
+    broker("start")
+    proc = None
+    try:
+        topics = {"docs": "docs", "events": "events", "updates": "updates", "dead_letters": "dead"}
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        admin.create_topics([NewTopic("docs", 1, 1), NewTopic("events", 1, 1)])
+        admin.close()
+        produce(bootstrap, "docs", doc_msgs)
+        produce(bootstrap, "events", event_msgs)
+        state = tmp_path / "state"
+        config = write_config(
+            tmp_path / "c.yaml",
+            bootstrap,
+            topics,
+            state,
+            **ENGINE,
+            kafka={"max_poll_records": 40, "poll_timeout_ms": 100},
+        )
+        log = tmp_path / "service.log"
+        proc = start(config, log)
+        time.sleep(3.0)
+        broker("stop")
+        time.sleep(6.0)
+        assert proc.poll() is None, "the service must survive the outage"
+        broker("start")
+        wait_until_done(state, len(event_msgs), proc, timeout=300)
+        assert stop(proc) == 0
+        proc = None
+        check_same_as_replay(bootstrap, topics, state, replay_engine, replay_sink)
+    finally:
+        if proc is not None:
+            proc.kill()
+        env["KAFKA_KEEP_DATA"] = "0"
+        subprocess.run([str(KAFKA_SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
+
+
+def test_a_rebalance_checkpoints_before_partitions_are_given_up(
+    kafka_bootstrap, make_topic, scifact, tmp_path
+):
+    from kafka import KafkaConsumer
+
+    doc_msgs, event_msgs, _, _ = scifact
+    topics = make_topics(make_topic)
+    produce(kafka_bootstrap, topics["docs"], doc_msgs[:200])
+    state = tmp_path / "state"
+    config = write_config(
+        tmp_path / "c.yaml",
+        kafka_bootstrap,
+        topics,
+        state,
+        **ENGINE,
+        checkpoint={"every_seconds": 3600},
+    )
+    log = tmp_path / "service.log"
+    proc = start(config, log)
+    try:
+        deadline = time.monotonic() + 60
+        while "assigned" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert checkpoint_meta(state) is None  # no periodic checkpoint yet
+        intruder = KafkaConsumer(
+            topics["docs"],
+            topics["events"],
+            bootstrap_servers=kafka_bootstrap,
+            group_id=f"g-{topics['updates']}",
+        )
+        deadline = time.monotonic() + 60
+        while "partitions revoked" not in log.read_text() and time.monotonic() < deadline:
+            intruder.poll(timeout_ms=200)
+        intruder.close()
+        assert "partitions revoked: checkpoint written" in log.read_text()
+        assert checkpoint_meta(state) is not None
+    finally:
+        assert stop(proc) == 0

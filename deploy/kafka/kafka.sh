@@ -15,6 +15,7 @@
 #   KAFKA_READY_TIMEOUT     seconds to wait for the broker            (default 90)
 #   KAFKA_HEAP_OPTS         JVM heap                                  (default -Xms512m -Xmx1g)
 #   PYTHON                  a Python with kafka-python for the readiness check (default python3)
+#   KAFKA_KEEP_DATA=1       stop keeps the data dir and start reuses it (to test broker outages)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -130,16 +131,20 @@ start() {
   fi
   need_tools
   fetch
-  rm -rf "$DATA_DIR"
   mkdir -p "$RUN_DIR"
   write_props
   local cp="$CACHE_DIR/lib/*"
   local log4j="-Dlog4j2.configurationFile=$HERE/log4j2.properties"
-  local cid
-  cid="$(java -cp "$cp" $log4j kafka.tools.StorageTool random-uuid 2>>"$LOG_FILE" | tail -n1)"
-  [ -n "$cid" ] || die "could not make a cluster id; see $LOG_FILE"
-  java -cp "$cp" $log4j kafka.tools.StorageTool format --standalone -t "$cid" -c "$PROPS" >>"$LOG_FILE" 2>&1 \
-    || { tail -n 30 "$LOG_FILE" >&2; die "formatting $DATA_DIR failed"; }
+  if [ "${KAFKA_KEEP_DATA:-0}" = 1 ] && [ -f "$DATA_DIR/meta.properties" ]; then
+    say "reusing the data in $DATA_DIR"
+  else
+    rm -rf "$DATA_DIR"
+    local cid
+    cid="$(java -cp "$cp" $log4j kafka.tools.StorageTool random-uuid 2>>"$LOG_FILE" | tail -n1)"
+    [ -n "$cid" ] || die "could not make a cluster id; see $LOG_FILE"
+    java -cp "$cp" $log4j kafka.tools.StorageTool format --standalone -t "$cid" -c "$PROPS" >>"$LOG_FILE" 2>&1 \
+      || { tail -n 30 "$LOG_FILE" >&2; die "formatting $DATA_DIR failed"; }
+  fi
   local t0=$SECONDS
   # setsid: the broker gets its own session, so a Ctrl-C in the caller's terminal does not kill it half-way.
   setsid java $HEAP -XX:+UseG1GC -Djava.awt.headless=true $log4j -cp "$cp" kafka.Kafka "$PROPS" \
@@ -181,7 +186,9 @@ stop() {
     say "stopped the broker (pid $pid)"
   fi
   rm -f "$PID_FILE"
-  rm -rf "$DATA_DIR"
+  if [ "${KAFKA_KEEP_DATA:-0}" != 1 ]; then
+    rm -rf "$DATA_DIR"
+  fi
 }
 
 status() {

@@ -162,6 +162,7 @@ class _Listener(ConsumerRebalanceListener):
             # Checkpoint before giving partitions up, so that their next owner (or our next
             # assignment) starts exactly after what the state reflects.
             self.source.on_revoke()
+            log.info("partitions revoked: checkpoint written before giving them up")
         self.source._paused -= set(revoked)
 
     def on_partitions_assigned(self, assigned):
