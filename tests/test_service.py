@@ -256,7 +256,7 @@ def test_a_rebalance_checkpoints_before_partitions_are_given_up(
 ):
     from kafka import KafkaConsumer
 
-    doc_msgs, event_msgs, _, _ = scifact
+    doc_msgs = scifact[0]
     topics = make_topics(make_topic)
     produce(kafka_bootstrap, topics["docs"], doc_msgs[:200])
     state = tmp_path / "state"
