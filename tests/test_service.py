@@ -272,7 +272,7 @@ def test_a_rebalance_checkpoints_before_partitions_are_given_up(
     proc = start(config, log)
     try:
         deadline = time.monotonic() + 60
-        while "assigned" not in log.read_text() and time.monotonic() < deadline:
+        while f"assigned {topics['docs']}" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert checkpoint_meta(state) is None  # no periodic checkpoint yet
         intruder = KafkaConsumer(

@@ -174,4 +174,10 @@ class _Listener(ConsumerRebalanceListener):
                 self.source.next_offsets[tp] = 0
             else:
                 consumer.seek(tp, offset)
+        # Events wait until the documents are caught up (decided at the next batch): paused here,
+        # before the first fetch, so that no event can overtake the documents at start.
+        events = [tp for tp in assigned if self.source.kinds.get(tp.topic) == "events"]
+        if events:
+            consumer.pause(*events)
+            self.source._paused |= set(events)
         log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)))

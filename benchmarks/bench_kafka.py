@@ -1,0 +1,365 @@
+"""The Kafka pipeline's throughput and latency, through a real broker.
+
+    python benchmarks/bench_kafka.py                      # starts a broker with deploy/kafka/kafka.sh
+    python benchmarks/bench_kafka.py --bootstrap HOST:PORT
+
+throughput: a pre-filled events topic (after a pre-filled docs topic, consumed first and not timed)
+through the service's pipeline (KafkaSource -> engine -> KafkaSink, flushed at the end), next to a
+bare kafka-python consume loop over the same topic, and one that also decodes each message
+(orjson.loads + float32 array), in the same run. Gamma is selected once at the end, timed apart.
+
+latency: with gamma already non-zero, a producer offers training clicks at --rate events/s; a
+reader of the updates topic matches each update of document X to the clicks on X sent before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import orjson
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from stream_nudge.config import load_config  # noqa: E402
+from stream_nudge.engine import Engine  # noqa: E402
+from stream_nudge.kafka import KafkaSink, KafkaSource, ensure_topics  # noqa: E402
+
+NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_broker(run_dir: Path) -> tuple[str, dict]:
+    env = dict(
+        os.environ,
+        KAFKA_PORT=str(free_port()),
+        KAFKA_CONTROLLER_PORT=str(free_port()),
+        KAFKA_RUN_DIR=str(run_dir),
+        PYTHON=sys.executable,
+    )
+    subprocess.run(
+        [str(REPO / "deploy/kafka/kafka.sh"), "start"], env=env, check=True, capture_output=True
+    )
+    return f"127.0.0.1:{env['KAFKA_PORT']}", env
+
+
+def fill(bootstrap, topic, messages, keys=None):
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=20,
+        batch_size=1 << 20,
+        max_request_size=10 << 20,
+    )
+    for i, m in enumerate(messages):
+        producer.send(topic, value=m, key=None if keys is None else keys[i])
+    producer.flush()
+    producer.close()
+
+
+def consume_all(bootstrap, topic, n, decode=False) -> float:
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=10 << 20,
+        fetch_max_bytes=50 << 20,
+    )
+    parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    seen = 0
+    t0 = time.perf_counter()
+    while seen < n:
+        for records in consumer.poll(timeout_ms=1000, max_records=1000).values():
+            seen += len(records)
+            if decode:
+                for r in records:
+                    np.array(orjson.loads(r.value)["query_embedding"], dtype=np.float32)
+    elapsed = time.perf_counter() - t0
+    consumer.close()
+    return elapsed
+
+
+def make_messages(n_docs, n_events, dim, seed=0):
+    rng = np.random.default_rng(seed)
+    # Documents in topics of 25 (near neighbours to confuse), as in the demo.
+    centres = rng.normal(size=(max(1, n_docs // 25), dim))
+    docs = (
+        centres[np.arange(n_docs) % len(centres)] + 0.2 * rng.normal(size=(n_docs, dim))
+    ).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    doc_msgs = [
+        orjson.dumps({"id": f"doc-{i}", "embedding": docs[i]}, option=NUMPY) for i in range(n_docs)
+    ]
+    popularity = 1.0 / np.arange(1, n_docs + 1) ** 0.8
+    popularity /= popularity.sum()
+    targets = rng.choice(n_docs, size=n_events, p=popularity)
+    # Queries are a distortion of their document (a domain shift) plus noise: nudging has work to do.
+    warp = np.eye(dim) + rng.normal(size=(dim, dim)) / np.sqrt(dim)
+    queries = (
+        docs[targets] @ warp.T + rng.normal(scale=1.5 / np.sqrt(dim), size=(n_events, dim))
+    ).astype(np.float32)
+    event_msgs = [
+        orjson.dumps(
+            {"query_id": f"q-{i}", "query_embedding": queries[i], "doc_id": f"doc-{targets[i]}"},
+            option=NUMPY,
+        )
+        for i in range(n_events)
+    ]
+    return doc_msgs, event_msgs, docs, warp
+
+
+def throughput(bootstrap, n_docs, n_events, dim):
+    tag = uuid.uuid4().hex[:8]
+    topics = {
+        "docs": f"docs-{tag}",
+        "events": f"events-{tag}",
+        "updates": f"updates-{tag}",
+        "dead_letters": f"dead-{tag}",
+    }
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topics["docs"], 1, 1), NewTopic(topics["events"], 3, 1)])
+    admin.close()
+    doc_msgs, event_msgs, _, _ = make_messages(n_docs, n_events, dim)
+    fill(bootstrap, topics["docs"], doc_msgs)
+    config = load_config(
+        overrides={
+            "kafka": {
+                "bootstrap_servers": bootstrap,
+                "topics": topics,
+                "group_id": f"bench-{tag}",
+                "partitions": 3,
+            },
+            "gamma": {"every_events": 0, "every_seconds": 0},
+        }
+    )
+    ensure_topics(config)
+    # Documents first, untimed: run the pipeline until they are in.
+    engine = Engine(config)
+    sink = KafkaSink(config)
+    source = KafkaSource(config)
+    while engine.docs is None or len(engine.docs) < n_docs:
+        batch = source.next_batch(1000)
+        if batch:
+            sink.write(engine.process(batch))
+    # Then the events topic is filled, and read by the baselines and by the pipeline.
+    fill(bootstrap, topics["events"], event_msgs)
+    bare = consume_all(bootstrap, topics["events"], n_events)
+    decoded = consume_all(bootstrap, topics["events"], n_events, decode=True)
+    t0 = time.perf_counter()
+    while engine.events < n_events:
+        batch = source.next_batch(config.kafka.max_poll_records)
+        if batch:
+            sink.write(engine.process(batch))
+    sink.flush()
+    mine = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sink.write(engine.finish())
+    sink.flush()
+    final = time.perf_counter() - t0
+    source.close()
+    sink.close()
+    out = {
+        "events": n_events,
+        "pipeline_events_per_s": n_events / mine,
+        "bare_consume_events_per_s": n_events / bare,
+        "consume_and_decode_events_per_s": n_events / decoded,
+        "ratio_to_bare": bare / mine,
+        "ratio_to_decode": decoded / mine,
+        "final_selection_s": final,
+    }
+    print(
+        f"throughput: pipeline {out['pipeline_events_per_s']:,.0f} events/s; bare consume "
+        f"{out['bare_consume_events_per_s']:,.0f}/s -> {out['ratio_to_bare']:.2f}x; consume+decode "
+        f"{out['consume_and_decode_events_per_s']:,.0f}/s -> {out['ratio_to_decode']:.2f}x "
+        f"(final selection {final:.2f} s)"
+    )
+    return out
+
+
+def latency(bootstrap, n_docs, dim, rate, seconds):
+    """The real service (``stream-nudge run`` in its own process) under an offered load."""
+    import tempfile
+
+    import yaml
+
+    tag = uuid.uuid4().hex[:8]
+    topics = {
+        "docs": f"ldocs-{tag}",
+        "events": f"levents-{tag}",
+        "updates": f"lupdates-{tag}",
+        "dead_letters": f"ldead-{tag}",
+    }
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topics["docs"], 1, 1), NewTopic(topics["events"], 3, 1)])
+    admin.close()
+    doc_msgs, warm_msgs, docs, warp = make_messages(n_docs, 4000, dim, seed=1)
+    fill(bootstrap, topics["docs"], doc_msgs)
+    fill(bootstrap, topics["events"], warm_msgs)  # warm-up clicks: gamma becomes non-zero
+    folder = Path(tempfile.mkdtemp())
+    config = {
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "topics": topics,
+            "group_id": f"lat-{tag}",
+            "partitions": 3,
+            "linger_ms": 0,
+            "poll_timeout_ms": 50,
+            "max_poll_records": 200,
+        },
+        "gamma": {"every_events": 0, "every_seconds": 0},
+        "validation": {"fraction": 0.3},
+        "checkpoint": {"directory": str(folder / "state"), "every_seconds": 60},
+        "metrics": {"port": 0},
+        "service": {"idle_select_seconds": 1.0},
+    }
+    (folder / "c.yaml").write_text(yaml.safe_dump(config))
+    service = subprocess.Popen(
+        [sys.executable, "-m", "stream_nudge", "run", "--config", str(folder / "c.yaml")],
+        stdout=(folder / "log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        # Wait for the warm-up's selection: the first updates appear.
+        probe = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            parts = probe.partitions_for_topic(topics["updates"]) or set()
+            tps = [TopicPartition(topics["updates"], p) for p in parts]
+            if tps and sum(probe.end_offsets(tps).values()) > 0:
+                break
+            time.sleep(0.5)
+        probe.close()
+        time.sleep(2.0)
+
+        sent: dict[str, list[float]] = {}
+        latencies: list[float] = []
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def reader():
+            consumer = KafkaConsumer(
+                topics["updates"],
+                bootstrap_servers=bootstrap,
+                group_id=None,
+                auto_offset_reset="latest",
+                enable_auto_commit=False,
+                fetch_max_wait_ms=10,
+            )
+            consumer.poll(timeout_ms=1000)  # join at the end of the topic before clicks start
+            ready.set()
+            while not stop.is_set():
+                for records in consumer.poll(timeout_ms=50).values():
+                    now = time.time()
+                    for r in records:
+                        with lock:
+                            waiting = sent.pop(r.key.decode(), [])
+                        latencies.extend(now - t for t in waiting)
+            consumer.close()
+
+        ready = threading.Event()
+        thread = threading.Thread(target=reader)
+        thread.start()
+        ready.wait(30)
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
+        rng = np.random.default_rng(2)
+        targets = rng.integers(0, n_docs, size=int(rate * seconds) + 1)
+        noise = rng.normal(scale=1.5 / np.sqrt(dim), size=(len(targets), dim))
+        bodies = [
+            orjson.dumps(
+                {
+                    "query_id": f"live-{n}",
+                    "query_embedding": (warp @ docs[t] + noise[n]).astype(np.float32),
+                    "doc_id": f"doc-{t}",
+                    "split": "train",
+                },
+                option=NUMPY,
+            )
+            for n, t in enumerate(targets)
+        ]
+        start = time.time()
+        for n, body in enumerate(bodies):
+            with lock:
+                sent.setdefault(f"doc-{targets[n]}", []).append(time.time())
+            producer.send(topics["events"], value=body)
+            delay = start + (n + 1) / rate - time.time()
+            if delay > 0:
+                time.sleep(delay)
+        offered = len(bodies) / (time.time() - start)
+        producer.flush()
+        producer.close()
+        time.sleep(5.0)
+        stop.set()
+        thread.join()
+    finally:
+        service.send_signal(subprocess.signal.SIGTERM)
+        service.wait(timeout=120)
+    lat = np.array(latencies) * 1000
+    out = {
+        "rate": rate,
+        "offered": offered,
+        "seconds": seconds,
+        "matched": len(lat),
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }
+    print(
+        f"latency at {offered:,.0f} events/s offered: p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms "
+        f"({out['matched']} clicks matched to updates)"
+    )
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--bootstrap")
+    p.add_argument("--docs", type=int, default=20_000)
+    p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--rate", type=float, default=2000)
+    p.add_argument("--seconds", type=float, default=20)
+    p.add_argument("--latency-docs", type=int, default=2000, help="documents in the latency run")
+    p.add_argument("--only", choices=["throughput", "latency"])
+    p.add_argument("--json", type=Path)
+    a = p.parse_args(argv)
+    env = None
+    bootstrap = a.bootstrap
+    if bootstrap is None:
+        bootstrap, env = start_broker(Path(f"/tmp/bench-kafka-{os.getpid()}"))
+    try:
+        results = {}
+        if a.only in (None, "throughput"):
+            results["throughput"] = throughput(bootstrap, a.docs, a.events, a.dim)
+        if a.only in (None, "latency"):
+            results["latency"] = latency(bootstrap, a.latency_docs, a.dim, a.rate, a.seconds)
+    finally:
+        if env is not None:
+            subprocess.run(
+                [str(REPO / "deploy/kafka/kafka.sh"), "stop"], env=env, capture_output=True
+            )
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
