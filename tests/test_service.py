@@ -138,9 +138,14 @@ def test_sigterm_and_sigkill_mid_stream_then_restart_gives_the_same_result(
     log = tmp_path / "service.log"
     rng = random.Random(7)
     # One SIGTERM, then five SIGKILLs at random moments, restarting each time.
-    for sig in [signal.SIGTERM] + [signal.SIGKILL] * 5:
+    for i, sig in enumerate([signal.SIGTERM] + [signal.SIGKILL] * 5):
         proc = start(config, log)
-        time.sleep(rng.uniform(1.5, 4.0))
+        # Interrupt it while it works: after it has connected (a SIGTERM before its handler is
+        # installed would just end the process), at a random moment.
+        deadline = time.monotonic() + 60
+        while log.read_text().count("connected to") <= i and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.5, 3.0))
         code = stop(proc, sig)
         assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), log.read_text()[-3000:]
     proc = start(config, log)
