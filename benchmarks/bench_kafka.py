@@ -60,6 +60,24 @@ def start_broker(run_dir: Path) -> tuple[str, dict]:
     return f"127.0.0.1:{env['KAFKA_PORT']}", env
 
 
+def new_topics(bootstrap, prefix=""):
+    """Fresh input topics (docs: 1 partition, events: 3) and the names of the output ones."""
+    tag = uuid.uuid4().hex[:8]
+    topics = {
+        name: f"{prefix}{short}-{tag}"
+        for name, short in (
+            ("docs", "docs"),
+            ("events", "events"),
+            ("updates", "updates"),
+            ("dead_letters", "dead"),
+        )
+    }
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topics["docs"], 1, 1), NewTopic(topics["events"], 3, 1)])
+    admin.close()
+    return tag, topics
+
+
 def fill(bootstrap, topic, messages, keys=None):
     producer = KafkaProducer(
         bootstrap_servers=bootstrap,
@@ -128,16 +146,7 @@ def make_messages(n_docs, n_events, dim, seed=0):
 
 
 def throughput(bootstrap, n_docs, n_events, dim):
-    tag = uuid.uuid4().hex[:8]
-    topics = {
-        "docs": f"docs-{tag}",
-        "events": f"events-{tag}",
-        "updates": f"updates-{tag}",
-        "dead_letters": f"dead-{tag}",
-    }
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(topics["docs"], 1, 1), NewTopic(topics["events"], 3, 1)])
-    admin.close()
+    tag, topics = new_topics(bootstrap, "")
     doc_msgs, event_msgs, _, _ = make_messages(n_docs, n_events, dim)
     fill(bootstrap, topics["docs"], doc_msgs)
     config = load_config(
@@ -201,16 +210,7 @@ def latency(bootstrap, n_docs, dim, rate, seconds):
 
     import yaml
 
-    tag = uuid.uuid4().hex[:8]
-    topics = {
-        "docs": f"ldocs-{tag}",
-        "events": f"levents-{tag}",
-        "updates": f"lupdates-{tag}",
-        "dead_letters": f"ldead-{tag}",
-    }
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(topics["docs"], 1, 1), NewTopic(topics["events"], 3, 1)])
-    admin.close()
+    tag, topics = new_topics(bootstrap, "l")
     doc_msgs, warm_msgs, docs, warp = make_messages(n_docs, 4000, dim, seed=1)
     fill(bootstrap, topics["docs"], doc_msgs)
     fill(bootstrap, topics["events"], warm_msgs)  # warm-up clicks: gamma becomes non-zero

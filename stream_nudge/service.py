@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections import Counter
 
 from kafka.errors import KafkaError
 
@@ -167,9 +168,9 @@ class Service:
             now = time.monotonic()
             if batch:
                 self.last_input = now
-                for record in batch:
-                    self.metrics.events.labels(record.topic).inc()
                 self._emit(self.engine.process(batch))
+                for topic, n in Counter(record.topic for record in batch).items():
+                    self.metrics.events.labels(topic).inc(n)
             elif (
                 self.engine.events_since_selection > 0
                 and now - self.last_input >= c.service.idle_select_seconds

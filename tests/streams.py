@@ -71,6 +71,20 @@ def dataset_messages(shared_data, name: str, b64: bool = False):
     return doc_msgs, event_msgs, (docs, queries, answers, split)
 
 
+def fine_tune_on(docs, queries, answers, train, val, method):
+    """Batch fine_tune with the given training and validation query rows."""
+    from stream_nudge import fine_tune
+
+    return fine_tune(
+        docs,
+        queries[train],
+        [answers[i] for i in train],
+        queries[val],
+        [answers[i] for i in val],
+        method=method,
+    )
+
+
 def records(doc_msgs, event_msgs) -> list[Record]:
     return [Record("docs", m, position=i) for i, m in enumerate(doc_msgs)] + [
         Record("events", m, position=i) for i, m in enumerate(event_msgs)

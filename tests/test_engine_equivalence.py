@@ -8,9 +8,7 @@ import sys
 import numpy as np
 import orjson
 import pytest
-from streams import dataset_messages, records, run_engine, write_jsonl
-
-from stream_nudge import fine_tune
+from streams import dataset_messages, fine_tune_on, records, run_engine, write_jsonl
 
 EXACT = {
     "validation": {"window": 100_000},
@@ -25,14 +23,8 @@ def test_replay_equals_fine_tune(shared_data, name, method):
     engine, sink = run_engine(
         records(doc_msgs, event_msgs), {**EXACT, "method": method}, batch_size=517
     )
-    train, val = np.flatnonzero(split == 0), np.flatnonzero(split == 1)
-    batch = fine_tune(
-        docs,
-        queries[train],
-        [answers[i] for i in train],
-        queries[val],
-        [answers[i] for i in val],
-        method=method,
+    batch = fine_tune_on(
+        docs, queries, answers, np.flatnonzero(split == 0), np.flatnonzero(split == 1), method
     )
     ids, embeddings = engine.adjusted()
     order = np.array([int(i[1:]) for i in ids])

@@ -114,7 +114,6 @@ def brute_force_others(engine, slot, k):
 def test_score_caches_always_give_the_exact_best_untouched_scores(ops, k):
     engine = Engine(load_config(overrides={"objective": f"hit@{k}", "validation": {"window": 4}}))
     dim = 3
-    checked = 0
     for kind, a, b, seed in ops:
         v = np.random.default_rng(seed).normal(size=dim)
         if kind == "doc":
@@ -145,6 +144,5 @@ def test_score_caches_always_give_the_exact_best_untouched_scores(ops, k):
                 np.testing.assert_allclose(
                     others[i], brute_force_others(engine, slot, k), rtol=1e-5, atol=1e-6
                 )
-                checked += 1
             continue
         engine.process([msg])

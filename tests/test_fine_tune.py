@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oracles import plain_objective
+from streams import fine_tune_on
 
 from stream_nudge import fine_tune
 from stream_nudge.core.finetune import build_scores
@@ -246,15 +247,8 @@ def load(shared_data, name):
 def test_parity_with_the_reference_on_real_data(shared_data, name, method):
     docs, queries, relevance, split, reference = load(shared_data, name)
     answers = [sorted(r) for r in relevance]
-    train, val, test = split[0], split[1], split[2]
-    result = fine_tune(
-        docs,
-        queries[train],
-        [answers[i] for i in train],
-        queries[val],
-        [answers[i] for i in val],
-        method=method,
-    )
+    test = split[2]
+    result = fine_tune_on(docs, queries, answers, split[0], split[1], method)
     assert np.all(np.isfinite(result.embeddings))
     ours = retrieval_metrics(result.embeddings, queries[test], [relevance[i] for i in test])
     theirs = reference["reference_" + method.replace("-", "_")]

@@ -47,6 +47,19 @@ def make_topics(make_topic):
     }
 
 
+# Small polls, so that a run lasts long enough to be interrupted.
+SLOW_POLLS = {"max_poll_records": 40, "poll_timeout_ms": 100}
+
+
+def prepare(bootstrap, topics, doc_msgs, event_msgs, tmp_path, **sections):
+    """Fill the input topics; write the service's config. Returns (state dir, config path)."""
+    produce(bootstrap, topics["docs"], doc_msgs)
+    produce(bootstrap, topics["events"], event_msgs)
+    state = tmp_path / "state"
+    config = write_config(tmp_path / "c.yaml", bootstrap, topics, state, **ENGINE, **sections)
+    return state, config
+
+
 def check_same_as_replay(bootstrap, topics, state, replay_engine, replay_sink: MemorySink):
     got = reduce_updates(read_topic(bootstrap, topics["updates"]))
     assert without_generation(got) == without_generation(replay_sink.latest())
@@ -71,18 +84,15 @@ def check_same_as_replay(bootstrap, topics, state, replay_engine, replay_sink: M
 def test_service_end_to_end_equals_replay(kafka_bootstrap, make_topic, scifact, tmp_path):
     doc_msgs, event_msgs, replay_engine, replay_sink = scifact
     topics = make_topics(make_topic)
-    produce(kafka_bootstrap, topics["docs"], doc_msgs)
-    produce(kafka_bootstrap, topics["events"], event_msgs)
-    state = tmp_path / "state"
     from conftest import _free_port
 
     port = _free_port()
-    config = write_config(
-        tmp_path / "c.yaml",
+    state, config = prepare(
         kafka_bootstrap,
         topics,
-        state,
-        **ENGINE,
+        doc_msgs,
+        event_msgs,
+        tmp_path,
         metrics={"port": port},
         logging={"format": "json"},
     )
@@ -123,17 +133,8 @@ def test_sigterm_and_sigkill_mid_stream_then_restart_gives_the_same_result(
 ):
     doc_msgs, event_msgs, replay_engine, replay_sink = scifact
     topics = make_topics(make_topic)
-    produce(kafka_bootstrap, topics["docs"], doc_msgs)
-    produce(kafka_bootstrap, topics["events"], event_msgs)
-    state = tmp_path / "state"
-    # Small polls, so that the run is long enough to be interrupted many times.
-    config = write_config(
-        tmp_path / "c.yaml",
-        kafka_bootstrap,
-        topics,
-        state,
-        **ENGINE,
-        kafka={"max_poll_records": 40, "poll_timeout_ms": 100},
+    state, config = prepare(
+        kafka_bootstrap, topics, doc_msgs, event_msgs, tmp_path, kafka=SLOW_POLLS
     )
     log = tmp_path / "service.log"
     rng = random.Random(7)
@@ -227,17 +228,7 @@ def test_broker_stopped_mid_stream_and_started_again(scifact, tmp_path):
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
         admin.create_topics([NewTopic("docs", 1, 1), NewTopic("events", 1, 1)])
         admin.close()
-        produce(bootstrap, "docs", doc_msgs)
-        produce(bootstrap, "events", event_msgs)
-        state = tmp_path / "state"
-        config = write_config(
-            tmp_path / "c.yaml",
-            bootstrap,
-            topics,
-            state,
-            **ENGINE,
-            kafka={"max_poll_records": 40, "poll_timeout_ms": 100},
-        )
+        state, config = prepare(bootstrap, topics, doc_msgs, event_msgs, tmp_path, kafka=SLOW_POLLS)
         log = tmp_path / "service.log"
         proc = start(config, log)
         time.sleep(3.0)

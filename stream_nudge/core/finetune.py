@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream_nudge.core.geometry import nudge_m, nudge_n, rotation, unit_rows
+from stream_nudge.core.geometry import nudge_m, nudge_n, rotation, turnable, unit_rows
 from stream_nudge.core.objectives import parse_objective
 from stream_nudge.core.selection import (
     Selection,
@@ -134,10 +134,10 @@ def fine_tune(
         max_gamma = _gamma("max_gamma", max_gamma, method)
 
     nudged, directions = query_directions(train_q, train_ptr, train_rows, weights, n_docs)
-    if method == "nudge-n" and dim == 1:
-        # In one dimension a document pulled to its opposite has no way to turn: it stays put.
-        same_side = np.sign(docs[nudged, 0]) == np.sign(directions[:, 0])
-        nudged, directions = nudged[same_side], directions[same_side]
+    if method == "nudge-n":
+        # Documents that cannot turn are not nudged (they stay put, and compete as untouched).
+        can = turnable(docs[nudged], directions)
+        nudged, directions = nudged[can], directions[can]
 
     val_ptr, val_rows, val_keep = _drop_unanswered(val_ptr, val_rows)
     v_unit, _ = unit_rows(val_q[val_keep])

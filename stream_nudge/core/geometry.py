@@ -15,6 +15,7 @@ __all__ = [
     "nudge_n",
     "rotation",
     "theta_to_gamma",
+    "turnable",
     "unit_rows",
 ]
 
@@ -115,6 +116,21 @@ class Rotation:
         self.movable = movable
 
 
+def turnable(docs: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """Rows NUDGE-N can turn: a non-zero ``g``, and not ``g = -d`` in one dimension.
+
+    In one dimension the only unit vectors are +-d, so a document pulled to its opposite has no
+    way to turn within ``|delta|^2 < 2``; it stays put. Only signs matter, so ``docs`` need not be
+    normalised.
+    """
+    d = np.asarray(docs, dtype=np.float64)
+    g = np.asarray(directions, dtype=np.float64)
+    has_g = np.any(g != 0.0, axis=1)
+    if d.shape[1] != 1:
+        return has_g
+    return has_g & (np.sign(d[:, 0]) == np.sign(g[:, 0]))
+
+
 def rotation(docs: np.ndarray, directions: np.ndarray) -> Rotation:
     """The rotation plane of unit ``docs`` toward unit ``directions`` (rows of zeros: no move).
 
@@ -142,16 +158,13 @@ def rotation(docs: np.ndarray, directions: np.ndarray) -> Rotation:
     # Nearly (anti)parallel: recompute the tangent from an axis; for g ~ +d the angle is ~0 and the
     # document saturates at g at once, so the tangent hardly matters, but it must be a unit vector.
     degenerate = np.flatnonzero(has_g & ~regular)
-    movable = has_g.copy()
-    if degenerate.size:
-        if dim == 1:
-            movable[degenerate[cos[degenerate] < 0]] = False
-        else:
-            rows = d[degenerate]
-            axis = np.argmin(np.abs(rows), axis=1)
-            t = -rows * rows[np.arange(len(rows)), axis][:, None]
-            t[np.arange(len(rows)), axis] += 1.0
-            tangent[degenerate] = t / np.linalg.norm(t, axis=1, keepdims=True)
+    movable = turnable(d, g)
+    if degenerate.size and dim > 1:
+        rows = d[degenerate]
+        axis = np.argmin(np.abs(rows), axis=1)
+        t = -rows * rows[np.arange(len(rows)), axis][:, None]
+        t[np.arange(len(rows)), axis] += 1.0
+        tangent[degenerate] = t / np.linalg.norm(t, axis=1, keepdims=True)
     angle = np.arctan2(sin, cos)
     angle[~has_g] = 0.0
     return Rotation(tangent, angle, movable)

@@ -18,7 +18,7 @@ import numpy as np
 
 from stream_nudge.config import Config
 from stream_nudge.core.finetune import assemble_scores
-from stream_nudge.core.geometry import nudge_m, nudge_n, rotation, unit_rows
+from stream_nudge.core.geometry import nudge_m, nudge_n, rotation, turnable, unit_rows
 from stream_nudge.core.objectives import parse_objective
 from stream_nudge.core.selection import objective_at, select_gamma
 from stream_nudge.engine.state import DocumentTable
@@ -128,13 +128,6 @@ class Engine:
         every_seconds = self.config.gamma.every_seconds
         for record, item in zip(records, self.decoder.decode_batch(records), strict=True):
             kind = item.__class__
-            if kind is Event and self.docs is not None:
-                self._event(item, record, out)
-                if (every_events and self.events_since_selection >= every_events) or (
-                    every_seconds and self._time_due(every_seconds)
-                ):
-                    self._select(out)
-                continue
             if kind is DeadLetter:
                 self._dead(item, out)
                 continue
@@ -144,16 +137,16 @@ class Engine:
                     self.counts["deletes_unknown"] += 1
                     continue
                 self._start(self.decoder.dimension)
-            if kind is DocUpsert:
-                self._upsert(item)
-            elif kind is DocDelete:
-                self._delete(item, out)
-            else:
+            if kind is Event:
                 self._event(item, record, out)
                 if (every_events and self.events_since_selection >= every_events) or (
                     every_seconds and self._time_due(every_seconds)
                 ):
                     self._select(out)
+            elif kind is DocUpsert:
+                self._upsert(item)
+            else:
+                self._delete(item, out)
         self._flush()
         self._publish(out)
         return out
@@ -174,13 +167,9 @@ class Engine:
         rows = np.flatnonzero(self.docs.alive[: self.docs.n_rows])
         return [self.docs.ids[r] for r in rows], self._embeddings(rows)
 
-    def select_gamma(self) -> SelectionReport | None:
-        """Re-select gamma now and publish what that changes (see :meth:`reselect`)."""
-        out = self.reselect()
-        return out.selections[-1] if out.selections else None
-
     def reselect(self) -> Output:
-        """Re-select gamma now (also done automatically), then publish; like :meth:`finish`."""
+        """Re-select gamma now (it is also done automatically), then publish: what :meth:`finish`
+        does at the end of input, for a live source that has gone idle."""
         return self.finish()
 
     # --- applying input -----------------------------------------------------------------------
@@ -204,7 +193,6 @@ class Engine:
                 for vector, weight in waiting:
                     self._buffer(row, vector, weight)
                 self._flush()
-            # Answers of window queries: the new row is no competitor there (handled on entry).
         # Its cached scores (if untouched) are stale; it re-enters with the new embedding.
         self._leave_caches.add(row)
         self._enter_caches.add(row)
@@ -257,7 +245,7 @@ class Engine:
                     self._buffer_weights.append(event.weight)
                     self._buffer_vectors.append(event.vector)
                 else:
-                    self._train(doc_id, event.vector, event.weight, record, out)
+                    self._pend(doc_id, event.vector, event.weight, record, out)
             return
         self.counts["validation_events"] += 1
         for doc_id in event.doc_ids:
@@ -275,7 +263,11 @@ class Engine:
         row = self.docs.row_of.get(doc_id)
         if row is not None:
             self._buffer(row, vector, weight)
-            return
+        else:
+            self._pend(doc_id, vector, weight, record, out)
+
+    def _pend(self, doc_id: str, vector: np.ndarray, weight: float, record: Record, out: Output):
+        """A click on a document not seen yet waits for it, while the pending store has room."""
         if self.pending_count >= self.config.pending.max_events:
             detail = f"document {doc_id!r} not seen yet and the pending store is full"
             self._dead(DeadLetter("pending_overflow", detail, record), out)
@@ -335,9 +327,9 @@ class Engine:
         method = self.config.method
         nudged = docs.nudged_rows()
         directions = docs.directions(nudged)
-        if method == "nudge-n" and docs.dim == 1:
-            same = np.sign(docs.originals[nudged, 0]) == np.sign(directions[:, 0])
-            nudged, directions = nudged[same], directions[same]
+        if method == "nudge-n":
+            can = turnable(docs.originals[nudged], directions)
+            nudged, directions = nudged[can], directions[can]
         col_of = np.full(docs.n_rows, -1, dtype=np.int64)
         col_of[nudged] = np.arange(len(nudged))
         v = window.unit[slots]
@@ -614,6 +606,9 @@ def restore(config: Config, arrays: dict[str, np.ndarray], meta: dict) -> Engine
         window.answers = [dict(a) for a in w["answers"]]
         window.order.extend(w["order"])
         window.slot_of = {q: i for i, q in enumerate(window.query_ids) if q is not None}
+        window._free = [
+            i for i in range(window.capacity - 1, -1, -1) if window.query_ids[i] is None
+        ]
         for slot, answers in enumerate(window.answers):
             if window.query_ids[slot] is not None:
                 for doc_id in answers:

@@ -71,6 +71,8 @@ class ValidationWindow:
         self.cache_scores = np.full((capacity, self.width), -np.inf, dtype=np.float32)
         self.floor = np.full(capacity, np.inf)
         self._unit_stale: list[int] = []
+        # Free slots, lowest last (popped first).
+        self._free: list[int] = list(range(capacity - 1, -1, -1))
 
     @property
     def unit(self) -> np.ndarray:
@@ -84,9 +86,6 @@ class ValidationWindow:
     def __len__(self) -> int:
         return len(self.slot_of)
 
-    def __contains__(self, query_id: str) -> bool:
-        return query_id in self.slot_of
-
     def add(
         self, query_id: str, vector: np.ndarray, doc_id: str, weight: float
     ) -> tuple[str, np.ndarray, dict[str, float]] | None:
@@ -97,9 +96,9 @@ class ValidationWindow:
         slot = self.slot_of.get(query_id)
         evicted = None
         if slot is None:
-            if len(self.slot_of) == self.capacity:
+            if not self._free:
                 evicted = self._evict()
-            slot = self._free_slot()
+            slot = self._free.pop()
             self.slot_of[query_id] = slot
             self.order.append(query_id)
             self.query_ids[slot] = query_id
@@ -113,12 +112,6 @@ class ValidationWindow:
         answers[doc_id] = answers.get(doc_id, 0.0) + weight
         self.answer_slots.setdefault(doc_id, set()).add(slot)
         return evicted
-
-    def _free_slot(self) -> int:
-        used = len(self.slot_of)
-        if used < self.capacity and self.query_ids[used] is None:
-            return used
-        return self.query_ids.index(None)
 
     def _evict(self) -> tuple[str, np.ndarray, dict[str, float]]:
         query_id = self.order.popleft()
@@ -134,6 +127,7 @@ class ValidationWindow:
         self.query_ids[slot] = None
         self.answers[slot] = {}
         self.floor[slot] = np.inf
+        self._free.append(slot)
         return out
 
     def active_slots(self) -> np.ndarray:

@@ -114,12 +114,8 @@ class KafkaSource:
 
     def caught_up(self) -> bool:
         self.refresh_end_offsets(force=True)
-        assigned = self.consumer.assignment()
-        return (
-            bool(assigned)
-            and all(v == 0 for v in self.lag().values())
-            and len(self.lag()) == len(assigned)
-        )
+        lag = self.lag()
+        return bool(lag) and len(lag) == len(self.consumer.assignment()) and not any(lag.values())
 
     def _documents_first(self) -> None:
         assigned = self.consumer.assignment()
