@@ -252,6 +252,8 @@ def test_parity_with_the_reference_on_real_data(shared_data, name, method):
     assert np.all(np.isfinite(result.embeddings))
     ours = retrieval_metrics(result.embeddings, queries[test], [relevance[i] for i in test])
     theirs = reference["reference_" + method.replace("-", "_")]
+    # Shown with `pytest -s`: the figures the README and the notes quote.
+    print(f"\n{name} {method}: ours {ours}, reference {theirs}")
     for metric in ("NDCG@10", "R@10"):
         assert ours[metric] >= theirs[metric] - 0.5, (metric, ours, theirs)
     base = retrieval_metrics(unit_rows(docs)[0], queries[test], [relevance[i] for i in test])
