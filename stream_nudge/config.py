@@ -8,6 +8,7 @@ exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -47,6 +48,19 @@ class GammaConfig:
     min_improvement: float | None = None
     #: Search gamma in [0, max] only (NUDGE-N: at most 2).
     max: float | None = None
+
+
+@dataclass(frozen=True)
+class DecayConfig:
+    #: A training click's weight in its document's query sum halves every this many events
+    #: (null: no decay by count). Only the mix of old and new clicks within a document changes.
+    half_life_events: float | None = None
+    #: ... and every this many seconds of event time ("ts", else the Kafka timestamp; null: none).
+    half_life_seconds: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.half_life_events is not None or self.half_life_seconds is not None
 
 
 @dataclass(frozen=True)
@@ -163,6 +177,7 @@ class Config:
     dimension: int | None = None
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     gamma: GammaConfig = field(default_factory=GammaConfig)
+    decay: DecayConfig = field(default_factory=DecayConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     pending: PendingConfig = field(default_factory=PendingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -215,6 +230,10 @@ def _check(c: Config) -> None:
             fail("gamma.max", "must be >= 0 or null")
         if c.method == "nudge-n" and c.gamma.max >= 2:
             fail("gamma.max", "must be < 2 for nudge-n")
+    for name in ("half_life_events", "half_life_seconds"):
+        value = getattr(c.decay, name)
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            fail(f"decay.{name}", "must be a positive number or null (no decay)")
     if c.publish.min_change < 0:
         fail("publish.min_change", "must be >= 0")
     if c.publish.encoding not in ("json", "base64"):

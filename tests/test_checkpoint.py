@@ -44,10 +44,13 @@ def messages(outputs):
     return [m for o in outputs for m in o.messages]
 
 
-# Checkpoints fall between batches; splits are batch boundaries (batches of 5).
+# Checkpoints fall between batches; splits are batch boundaries (batches of 5). With decay the
+# sums' stamps, the window's arrival times and the pending clicks' times must survive too.
+@pytest.mark.parametrize("decay", [False, True], ids=["plain", "decay"])
 @pytest.mark.parametrize("split", [0, 5, 15, 40, 65, 80, 95])
-def test_restore_continues_exactly_where_the_snapshot_was_taken(tmp_path, split):
-    config = load_config(overrides=OVERRIDES)
+def test_restore_continues_exactly_where_the_snapshot_was_taken(tmp_path, split, decay):
+    extra = {"decay": {"half_life_events": 9.0, "half_life_seconds": 20.0}} if decay else {}
+    config = load_config(overrides={**OVERRIDES, **extra})
     recs = stream()
     straight = Engine(config)
     full = run(recs, straight) + [straight.finish()]

@@ -10,6 +10,7 @@ published. ``Engine.finish()`` makes the final selection and publication at the 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from stream_nudge.core.finetune import assemble_scores
 from stream_nudge.core.geometry import nudge_m, nudge_n, rotation, turnable, unit_rows
 from stream_nudge.core.objectives import parse_objective
 from stream_nudge.core.selection import objective_at, select_gamma
-from stream_nudge.engine.state import DocumentTable
+from stream_nudge.engine.state import Decay, DocumentTable
 from stream_nudge.engine.window import ValidationWindow
 from stream_nudge.messages import (
     DeadLetter,
@@ -92,7 +93,11 @@ class Engine:
         )
         self.docs: DocumentTable | None = None
         self.window: ValidationWindow | None = None
-        self.pending: dict[str, list[tuple[np.ndarray, float]]] = {}
+        # Clicks waiting for their document: (vector, weight, (event count, seconds)).
+        self.pending: dict[str, list[tuple[np.ndarray, float, tuple[float, float]]]] = {}
+        self._decay = (
+            Decay(c.decay.half_life_events, c.decay.half_life_seconds) if c.decay.enabled else None
+        )
         self.pending_count = 0
         self.gamma = 0.0
         self.generation = 0
@@ -118,6 +123,7 @@ class Engine:
         self._buffer_rows: list[int] = []
         self._buffer_weights: list[float] = []
         self._buffer_vectors: list[np.ndarray] = []
+        self._buffer_times: list[tuple[float, float]] = []  # only with decay
 
     # --- the public verbs -----------------------------------------------------------------------
 
@@ -175,7 +181,7 @@ class Engine:
     # --- applying input -----------------------------------------------------------------------
 
     def _start(self, dim: int) -> None:
-        self.docs = DocumentTable(dim)
+        self.docs = DocumentTable(dim, decay=self._decay)
         self.window = ValidationWindow(self.config.validation.window, dim, self.objective.k)
 
     def _dead(self, letter: DeadLetter, out: Output) -> None:
@@ -190,8 +196,8 @@ class Engine:
             waiting = self.pending.pop(doc.id, None)
             if waiting:
                 self.pending_count -= len(waiting)
-                for vector, weight in waiting:
-                    self._buffer(row, vector, weight)
+                for vector, weight, when in waiting:
+                    self._buffer(row, vector, weight, when)
                 self._flush()
         # Its cached scores (if untouched) are stale; it re-enters with the new embedding.
         self._leave_caches.add(row)
@@ -227,6 +233,11 @@ class Engine:
                 self.clock = ts
             if self.last_selection_clock is None:
                 self.last_selection_clock = self.clock
+        # The click's time for decay: a click without one happens at the latest time seen.
+        when = (
+            float(self.events),
+            ts if ts is not None else (self.clock if self.clock is not None else math.nan),
+        )
         split = event.split
         if split is None:
             split = self._split_of.get(event.query_id)
@@ -244,41 +255,45 @@ class Engine:
                     self._buffer_rows.append(row)
                     self._buffer_weights.append(event.weight)
                     self._buffer_vectors.append(event.vector)
+                    if self._decay is not None:
+                        self._buffer_times.append(when)
                 else:
-                    self._pend(doc_id, event.vector, event.weight, record, out)
+                    self._pend(doc_id, event.vector, event.weight, when, record, out)
             return
         self.counts["validation_events"] += 1
         for doc_id in event.doc_ids:
-            evicted = self.window.add(event.query_id, event.vector, doc_id, event.weight)
+            evicted = self.window.add(event.query_id, event.vector, doc_id, event.weight, when)
             row = self.docs.row_of.get(doc_id)
             if row is not None:
                 self.window.forget_answer(self.window.slot_of[event.query_id], row)
             if evicted is not None and self.config.validation.fold_evicted:
-                _, vector, answers = evicted
+                _, vector, answers, born = evicted
                 self.counts["folded_queries"] += 1
                 for answer_id, weight in answers.items():
-                    self._train(answer_id, vector, weight, record, out)
+                    self._train(answer_id, vector, weight, born, record, out)
 
-    def _train(self, doc_id: str, vector: np.ndarray, weight: float, record: Record, out: Output):
+    def _train(self, doc_id: str, vector: np.ndarray, weight: float, when, record, out: Output):
         row = self.docs.row_of.get(doc_id)
         if row is not None:
-            self._buffer(row, vector, weight)
+            self._buffer(row, vector, weight, when)
         else:
-            self._pend(doc_id, vector, weight, record, out)
+            self._pend(doc_id, vector, weight, when, record, out)
 
-    def _pend(self, doc_id: str, vector: np.ndarray, weight: float, record: Record, out: Output):
+    def _pend(self, doc_id: str, vector: np.ndarray, weight: float, when, record, out: Output):
         """A click on a document not seen yet waits for it, while the pending store has room."""
         if self.pending_count >= self.config.pending.max_events:
             detail = f"document {doc_id!r} not seen yet and the pending store is full"
             self._dead(DeadLetter("pending_overflow", detail, record), out)
             return
-        self.pending.setdefault(doc_id, []).append((vector, weight))
+        self.pending.setdefault(doc_id, []).append((vector, weight, when))
         self.pending_count += 1
 
-    def _buffer(self, row: int, vector: np.ndarray, weight: float) -> None:
+    def _buffer(self, row: int, vector: np.ndarray, weight: float, when) -> None:
         self._buffer_rows.append(row)
         self._buffer_weights.append(weight)
         self._buffer_vectors.append(vector)
+        if self._decay is not None:
+            self._buffer_times.append(when)
 
     def _flush(self) -> None:
         """Add buffered training clicks to the query sums."""
@@ -287,10 +302,13 @@ class Engine:
         rows = np.array(self._buffer_rows, dtype=np.int64)
         weights = np.array(self._buffer_weights, dtype=np.float64)
         vectors = np.stack(self._buffer_vectors)
+        times = np.array(self._buffer_times, dtype=np.float64).reshape(-1, 2)
         self._buffer_rows, self._buffer_weights, self._buffer_vectors = [], [], []
+        self._buffer_times = []
         touched = np.unique(rows)
         before = self.docs.is_nudged(touched)
-        self.docs.add(rows, weights, vectors)
+        now = (float(self.events), self.clock if self.clock is not None else math.nan)
+        self.docs.add(rows, weights, vectors, times, now)
         after = self.docs.is_nudged(touched)
         self._changed.update(touched.tolist())
         # Documents that start moving leave the untouched pool, those whose sum cancelled to
@@ -523,6 +541,7 @@ def snapshot(engine: Engine) -> tuple[dict[str, np.ndarray], dict]:
             published=docs.published[:s],
             has_published=docs.has_published[:s],
             row_of_slot=docs.row_of_slot[:s],
+            stamps=docs.stamps[:s],
             free_rows=np.array(docs.free_rows, dtype=np.int64),
             free_slots=np.array(docs.free_slots, dtype=np.int64),
         )
@@ -533,20 +552,23 @@ def snapshot(engine: Engine) -> tuple[dict[str, np.ndarray], dict]:
             window_cache_rows=window.cache_rows,
             window_cache_scores=window.cache_scores,
             window_floor=window.floor,
+            window_born=window.born,
         )
         meta["window"] = {
             "query_ids": window.query_ids,
             "answers": window.answers,
             "order": list(window.order),
         }
-    pending_ids, pending_vectors, pending_weights = [], [], []
+    pending_ids, pending_vectors, pending_weights, pending_times = [], [], [], []
     for doc_id, waiting in engine.pending.items():
-        for vector, weight in waiting:
+        for vector, weight, when in waiting:
             pending_ids.append(doc_id)
             pending_vectors.append(vector)
             pending_weights.append(weight)
+            pending_times.append(when)
     meta["pending_ids"] = pending_ids
     arrays["pending_weights"] = np.array(pending_weights, dtype=np.float64)
+    arrays["pending_times"] = np.array(pending_times, dtype=np.float64).reshape(-1, 2)
     if pending_vectors:
         arrays["pending_vectors"] = np.stack(pending_vectors)
     return arrays, meta
@@ -590,6 +612,8 @@ def restore(config: Config, arrays: dict[str, np.ndarray], meta: dict) -> Engine
         docs.published[:s] = arrays["published"]
         docs.has_published[:s] = arrays["has_published"]
         docs.row_of_slot[:s] = arrays["row_of_slot"]
+        if "stamps" in arrays:  # checkpoints from before decay existed have none
+            docs.stamps[:s] = arrays["stamps"]
         docs.free_slots = arrays["free_slots"].tolist()
         window = engine.window
         if arrays["window_raw"].shape[0] != window.capacity:
@@ -601,6 +625,8 @@ def restore(config: Config, arrays: dict[str, np.ndarray], meta: dict) -> Engine
         window.cache_rows[:] = arrays["window_cache_rows"]
         window.cache_scores[:] = arrays["window_cache_scores"]
         window.floor[:] = arrays["window_floor"]
+        if "window_born" in arrays:
+            window.born[:] = arrays["window_born"]
         w = meta["window"]
         window.query_ids = list(w["query_ids"])
         window.answers = [dict(a) for a in w["answers"]]
@@ -615,9 +641,11 @@ def restore(config: Config, arrays: dict[str, np.ndarray], meta: dict) -> Engine
                     window.answer_slots.setdefault(doc_id, set()).add(slot)
         window._unit_stale = list(window.slot_of.values())
     vectors = arrays.get("pending_vectors")
+    times = arrays.get("pending_times")
     for i, doc_id in enumerate(meta["pending_ids"]):
+        when = (float(times[i, 0]), float(times[i, 1])) if times is not None else (0.0, math.nan)
         engine.pending.setdefault(doc_id, []).append(
-            (vectors[i].copy(), float(arrays["pending_weights"][i]))
+            (vectors[i].copy(), float(arrays["pending_weights"][i]), when)
         )
     engine.pending_count = int(meta["pending_count"])
     return engine

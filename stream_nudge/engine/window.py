@@ -70,6 +70,9 @@ class ValidationWindow:
         self.cache_rows = np.full((capacity, self.width), -1, dtype=np.int64)
         self.cache_scores = np.full((capacity, self.width), -np.inf, dtype=np.float32)
         self.floor = np.full(capacity, np.inf)
+        # When each query first arrived, as (event count, seconds): a folded query's clicks age
+        # from then (see Decay).
+        self.born = np.full((capacity, 2), np.nan)
         self._unit_stale: list[int] = []
         # Free slots, lowest last (popped first).
         self._free: list[int] = list(range(capacity - 1, -1, -1))
@@ -87,11 +90,17 @@ class ValidationWindow:
         return len(self.slot_of)
 
     def add(
-        self, query_id: str, vector: np.ndarray, doc_id: str, weight: float
-    ) -> tuple[str, np.ndarray, dict[str, float]] | None:
+        self,
+        query_id: str,
+        vector: np.ndarray,
+        doc_id: str,
+        weight: float,
+        born: tuple[float, float] = (np.nan, np.nan),
+    ) -> tuple[str, np.ndarray, dict[str, float], tuple[float, float]] | None:
         """Record a validation click; returns the query it evicted, if the window was full.
 
-        A query keeps the embedding of its first click; later clicks add answers (weights add up).
+        A query keeps the embedding (and the time ``born``) of its first click; later clicks add
+        answers (weights add up). The evicted query comes as (id, vector, answers, born).
         """
         slot = self.slot_of.get(query_id)
         evicted = None
@@ -103,6 +112,7 @@ class ValidationWindow:
             self.order.append(query_id)
             self.query_ids[slot] = query_id
             self.raw[slot] = vector
+            self.born[slot] = born
             self._unit_stale.append(slot)
             self.answers[slot] = {}
             self.floor[slot] = np.inf
@@ -113,7 +123,7 @@ class ValidationWindow:
         self.answer_slots.setdefault(doc_id, set()).add(slot)
         return evicted
 
-    def _evict(self) -> tuple[str, np.ndarray, dict[str, float]]:
+    def _evict(self) -> tuple[str, np.ndarray, dict[str, float], tuple[float, float]]:
         query_id = self.order.popleft()
         slot = self.slot_of.pop(query_id)
         answers = self.answers[slot]
@@ -123,7 +133,8 @@ class ValidationWindow:
                 slots.discard(slot)
                 if not slots:
                     del self.answer_slots[doc_id]
-        out = (query_id, self.raw[slot].copy(), answers)
+        born = self.born[slot]
+        out = (query_id, self.raw[slot].copy(), answers, (float(born[0]), float(born[1])))
         self.query_ids[slot] = None
         self.answers[slot] = {}
         self.floor[slot] = np.inf
