@@ -473,7 +473,9 @@ def plot_curves(report: Report, path: str | os.PathLike, title: str = "") -> boo
     # Outside the axes, so that no curve hides behind it.
     top.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     bottom.set_xlabel("events replayed")
-    bottom.set_ylabel("gamma in force")
+    # NUDGE-M's gamma is unbounded and NUDGE-N's below 2: a log scale keeps both readable.
+    bottom.set_yscale("symlog", linthresh=0.1)
+    bottom.set_ylabel("gamma in force (symlog)")
     bottom.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
