@@ -19,8 +19,12 @@ _GROWTH = 1.5
 
 
 def _grown(array: np.ndarray, rows: int, fill=0) -> np.ndarray:
-    bigger = np.full((rows, *array.shape[1:]), fill, dtype=array.dtype)
+    # np.zeros gets fresh zeroed pages from the allocator (calloc): the tail is never written
+    # here, which for the query sums' tables is most of the cost of growing them.
+    bigger = np.zeros((rows, *array.shape[1:]), dtype=array.dtype)
     bigger[: array.shape[0]] = array
+    if fill:
+        bigger[array.shape[0] :] = fill
     return bigger
 
 
@@ -108,31 +112,42 @@ class DocumentTable:
     # --- query sums ---------------------------------------------------------------------------
 
     def slots_for(self, rows: np.ndarray) -> np.ndarray:
-        """The sum slot of each row, allocating slots for rows that have none yet."""
+        """The sum slot of each row, allocating slots for rows that have none yet.
+
+        New slots go to the rows in order of first appearance (freed slots first, last freed
+        first), as one slot at a time would, but with at most one growth of the tables.
+        """
         slots = self.slot_of[rows]
-        for i in np.flatnonzero(slots < 0):
-            row = int(rows[i])
-            slot = int(self.slot_of[row])
-            if slot < 0:
-                slot = self._new_slot()
-                self.slot_of[row] = slot
-                self.row_of_slot[slot] = row
-            slots[i] = slot
+        missing = slots < 0
+        if missing.any():
+            need, first = np.unique(rows[missing], return_index=True)
+            need = need[np.argsort(first)]
+            new = self._new_slots(len(need))
+            self.slot_of[need] = new
+            self.row_of_slot[new] = need
+            slots = self.slot_of[rows]
         return slots
 
     def _new_slot(self) -> int:
-        if self.free_slots:
-            return self.free_slots.pop()
-        if self.n_slots == len(self.clicks):
-            capacity = max(self.n_slots + 1, int(self.n_slots * _GROWTH))
+        return int(self._new_slots(1)[0])
+
+    def _new_slots(self, count: int) -> np.ndarray:
+        """``count`` unused slots: freed ones first (the last freed first), then fresh ones."""
+        reused = self.free_slots[: -count - 1 : -1]
+        del self.free_slots[len(self.free_slots) - len(reused) :]
+        fresh = count - len(reused)
+        if self.n_slots + fresh > len(self.clicks):
+            capacity = max(self.n_slots + fresh, int(self.n_slots * _GROWTH))
             self.sums = _grown(self.sums, capacity)
             self.clicks = _grown(self.clicks, capacity)
             self.published = _grown(self.published, capacity)
             self.has_published = _grown(self.has_published, capacity, False)
             self.row_of_slot = _grown(self.row_of_slot, capacity, -1)
-        slot = self.n_slots
-        self.n_slots += 1
-        return slot
+        out = np.empty(count, dtype=np.int64)
+        out[: len(reused)] = reused
+        out[len(reused) :] = np.arange(self.n_slots, self.n_slots + fresh)
+        self.n_slots += fresh
+        return out
 
     def add(self, rows: np.ndarray, weights: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         """``G[row] += w * q`` for each (row, w, q), in float64; returns the rows touched.
@@ -148,19 +163,20 @@ class DocumentTable:
         weights = np.asarray(weights, dtype=np.float64)
         if not np.all(weights == 1.0):
             contrib *= weights[:, None]
-        # Rows clicked once (most) are added directly; repeated rows go through add.at, which
-        # adds in input order. Either way each row's additions happen in event order.
+        # In rounds: round r adds each slot's r-th contribution (in input order), so within a
+        # round the slots are distinct and one fancy-indexed += does it; each row's additions
+        # still happen in event order. Cheaper than add.at, and most rows need only round 0.
         order = np.argsort(slots, kind="stable")
         sorted_slots = slots[order]
-        first = np.r_[True, sorted_slots[1:] != sorted_slots[:-1]]
-        counts = np.diff(np.r_[np.flatnonzero(first), len(slots)])
-        single = np.repeat(counts == 1, counts)
-        once = order[single]
-        self.sums[slots[once]] += contrib[once]
-        many = order[~single]
-        if len(many):
-            np.add.at(self.sums, slots[many], contrib[many])
-        np.add.at(self.clicks, slots, 1)
+        starts = np.flatnonzero(np.r_[True, sorted_slots[1:] != sorted_slots[:-1]])
+        sizes = np.diff(np.r_[starts, len(slots)])
+        rank = np.arange(len(slots)) - np.repeat(starts, sizes)
+        by_rank = order[np.argsort(rank, kind="stable")]
+        bounds = np.r_[0, np.cumsum(np.bincount(rank))]
+        for r in range(len(bounds) - 1):
+            take = by_rank[bounds[r] : bounds[r + 1]]
+            self.sums[slots[take]] += contrib[take]
+        self.clicks[sorted_slots[starts]] += sizes
         return np.unique(rows)
 
     def is_nudged(self, rows: np.ndarray) -> np.ndarray:
