@@ -103,13 +103,16 @@ class JsonlSource:
                     self.bytes_read += len(chunk)
                     if not chunk:
                         break
-                    data = tail + chunk
-                    lines = data.split(b"\n")
+                    lines = chunk.split(b"\n")
+                    # Only the first piece is joined to the tail: joining whole chunks would copy
+                    # every byte once more.
+                    lines[0] = tail + lines[0]
+                    carriage = b"\r" in chunk or b"\r" in tail
                     tail = lines.pop()
                     if skipping and lines:
                         del lines[0]  # the end of an oversize line, already counted
                         skipping = False
-                    if _plain(data, lines, limit):
+                    if not carriage and _plain(lines, limit):
                         first = number + 1
                         number += len(lines)
                         records = [
@@ -164,13 +167,11 @@ class JsonlSource:
 _BLANK_STARTS = frozenset((b"", b" ", b"\t", b"\r", b"\x0b", b"\x0c"))
 
 
-def _plain(data: bytes, lines: list[bytes], limit: int) -> bool:
-    """Whether ``lines`` (split from ``data``) need no per-line care: none is blank or could be,
-    none has a carriage return, none is over the limit. A few C-speed passes over the chunk."""
-    return (
-        b"\r" not in data
-        and _BLANK_STARTS.isdisjoint([line[:1] for line in lines])
-        and (not lines or max(map(len, lines)) <= limit)
+def _plain(lines: list[bytes], limit: int) -> bool:
+    """Whether ``lines`` (without carriage returns) need no per-line care: none is blank or could
+    be, none is over the limit. Two quick passes over the list instead of a step per line."""
+    return _BLANK_STARTS.isdisjoint([line[:1] for line in lines]) and (
+        not lines or max(map(len, lines)) <= limit
     )
 
 
