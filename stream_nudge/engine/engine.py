@@ -274,7 +274,9 @@ class Engine:
             detail = f"document {doc_id!r} not seen yet and the pending store is full"
             self._dead(DeadLetter("pending_overflow", detail, record), out)
             return
-        self.pending.setdefault(doc_id, []).append((vector, weight))
+        # A copy: the vector may be a row of its whole batch's array, which must not stay alive
+        # for one waiting click.
+        self.pending.setdefault(doc_id, []).append((vector.copy(), weight))
         self.pending_count += 1
 
     def _buffer(self, row: int, vector: np.ndarray, weight: float) -> None:
