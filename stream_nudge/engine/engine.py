@@ -457,16 +457,26 @@ class Engine:
         rows = rows[docs.alive[rows]]
         if len(rows) == 0:
             return
-        current = self._embeddings(rows)
         slots = docs.slot_of[rows]
-        baseline = docs.originals[rows].copy()
         seen = slots >= 0
         seen[seen] = docs.has_published[slots[seen]]
-        baseline[seen] = docs.published[slots[seen]]
-        moved = np.linalg.norm(current.astype(np.float64) - baseline, axis=1)
-        emit = moved > self.config.publish.min_change
+        emit = np.zeros(len(rows), dtype=bool)
+        current = None
+        # At gamma 0 every embedding is its original: only a document published at another gamma
+        # can have moved. Ingest before the first selection (most of a replay) then computes
+        # nothing here.
+        check = np.flatnonzero(seen) if self.gamma == 0.0 else np.arange(len(rows))
+        if len(check):
+            current = self._embeddings(rows)
+            baseline = docs.published[slots[check]].astype(np.float64)
+            unseen = ~seen[check]
+            baseline[unseen] = docs.originals[rows[check[unseen]]]
+            moved = np.linalg.norm(current[check].astype(np.float64) - baseline, axis=1)
+            emit[check] = moved > self.config.publish.min_change
         if forced:
             emit |= np.isin(rows, np.fromiter(forced, dtype=np.int64))
+        if current is None and emit.any():
+            current = self._embeddings(rows)
         c = self.config
         for i in np.flatnonzero(emit):
             row = int(rows[i])

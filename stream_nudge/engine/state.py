@@ -137,7 +137,10 @@ class DocumentTable:
         del self.free_slots[len(self.free_slots) - len(reused) :]
         fresh = count - len(reused)
         if self.n_slots + fresh > len(self.clicks):
-            capacity = max(self.n_slots + fresh, int(self.n_slots * _GROWTH))
+            # Doubling, but never beyond the documents' capacity (no more slots than rows can be
+            # in use): each growth copies the float64 sums, the biggest cost of a click stream's
+            # first pass, and doubling copies half as much in all as growing by 1.5.
+            capacity = max(self.n_slots + fresh, min(2 * self.n_slots, len(self.alive)))
             self.sums = _grown(self.sums, capacity)
             self.clicks = _grown(self.clicks, capacity)
             self.published = _grown(self.published, capacity)
