@@ -29,6 +29,7 @@ __all__ = [
     "encode_tombstone",
     "encode_update",
     "is_validation",
+    "query_hash",
 ]
 
 #: Why a record went to dead letters.
@@ -444,8 +445,12 @@ def is_validation(query_id: str, fraction: float) -> bool:
     >>> [is_validation(q, 0.5) for q in ("q-1", "q-2", "q-3")], is_validation("q-1", 0.0)
     ([True, False, True], False)
     """
-    digest = hashlib.blake2b(query_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") < fraction * 2.0**64
+    return query_hash(query_id) < fraction * 2.0**64
+
+
+def query_hash(query_id: str) -> int:
+    """The stable 64-bit hash :func:`is_validation` compares with ``fraction * 2**64``."""
+    return int.from_bytes(hashlib.blake2b(query_id.encode("utf-8"), digest_size=8).digest(), "big")
 
 
 def _vector_field(vector: np.ndarray, encoding: str) -> tuple[str, Any]:

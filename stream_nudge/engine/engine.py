@@ -32,7 +32,7 @@ from stream_nudge.messages import (
     Record,
     encode_tombstone,
     encode_update,
-    is_validation,
+    query_hash,
 )
 
 __all__ = ["Engine", "Output", "SelectionReport", "restore", "snapshot"]
@@ -103,6 +103,8 @@ class Engine:
         self.last_selection: SelectionReport | None = None
         self.selection_history: list[SelectionReport] = []
         self._fraction = c.validation.fraction
+        # is_validation's rule, with its threshold computed once: the hash is per event.
+        self._validation_below = c.validation.fraction * 2.0**64
         self._split_of: dict[str, str] = {}
         self.dead_letters: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
@@ -115,9 +117,7 @@ class Engine:
         self._enter_caches: set[int] = set()
         # Training clicks not yet added to the sums (applied in order, before anything that
         # could change what a row means).
-        self._buffer_rows: list[int] = []
-        self._buffer_weights: list[float] = []
-        self._buffer_vectors: list[np.ndarray] = []
+        self._clicks: list[tuple[int, float, np.ndarray]] = []  # (row, weight, query vector)
 
     # --- the public verbs -----------------------------------------------------------------------
 
@@ -217,7 +217,7 @@ class Engine:
         )
 
     def _event(self, event: Event, record: Record, out: Output) -> None:
-        # The hot path of ingest: one call per event, so attribute look-ups are kept few.
+        # Runs once per event, the hot path of ingest: few attribute look-ups, one append per click.
         self.events += 1
         self.events_since_selection += 1
         ts = event.ts
@@ -231,21 +231,21 @@ class Engine:
         split = event.split
         if split is None:
             split_of = self._split_of
-            split = split_of.get(event.query_id)
+            query_id = event.query_id
+            split = split_of.get(query_id)
             if split is None:
-                split = "validation" if is_validation(event.query_id, self._fraction) else "train"
+                below = query_hash(query_id) < self._validation_below  # is_validation()
+                split = "validation" if below else "train"
                 if len(split_of) >= _SPLIT_CACHE:
                     split_of.clear()
-                split_of[event.query_id] = split
+                split_of[query_id] = split
         if split == "train":
             self.counts["train_events"] += 1
             get_row = self.docs.row_of.get
             for doc_id in event.doc_ids:
                 row = get_row(doc_id)
                 if row is not None:
-                    self._buffer_rows.append(row)
-                    self._buffer_weights.append(event.weight)
-                    self._buffer_vectors.append(event.vector)
+                    self._clicks.append((row, event.weight, event.vector))
                 else:
                     self._pend(doc_id, event.vector, event.weight, record, out)
             return
@@ -280,20 +280,19 @@ class Engine:
         self.pending_count += 1
 
     def _buffer(self, row: int, vector: np.ndarray, weight: float) -> None:
-        self._buffer_rows.append(row)
-        self._buffer_weights.append(weight)
-        self._buffer_vectors.append(vector)
+        self._clicks.append((row, weight, vector))
 
     def _flush(self) -> None:
         """Add buffered training clicks to the query sums."""
-        if not self._buffer_rows:
+        if not self._clicks:
             return
-        rows = np.array(self._buffer_rows, dtype=np.int64)
-        weights = np.array(self._buffer_weights, dtype=np.float64)
+        rows, weights, vectors = zip(*self._clicks, strict=True)
+        self._clicks = []
+        rows = np.array(rows, dtype=np.int64)
+        weights = np.array(weights, dtype=np.float64)
         # Every buffered vector is flat and of the stream's dimension: one concatenate is several
         # times cheaper than stack, which handles each array on its own.
-        vectors = np.concatenate(self._buffer_vectors).reshape(len(rows), -1)
-        self._buffer_rows, self._buffer_weights, self._buffer_vectors = [], [], []
+        vectors = np.concatenate(vectors).reshape(len(rows), -1)
         touched = np.unique(rows)
         before = self.docs.is_nudged(touched)
         self.docs.add(rows, weights, vectors)
