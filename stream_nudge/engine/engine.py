@@ -606,6 +606,7 @@ def restore(config: Config, arrays: dict[str, np.ndarray], meta: dict) -> Engine
         docs.has_published[:s] = arrays["has_published"]
         docs.row_of_slot[:s] = arrays["row_of_slot"]
         docs.free_slots = arrays["free_slots"].tolist()
+        docs.recount()
         window = engine.window
         if arrays["window_raw"].shape[0] != window.capacity:
             raise ValueError(

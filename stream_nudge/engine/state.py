@@ -41,6 +41,9 @@ class DocumentTable:
         Training pairs applied to the document.
     published : float32 [slot capacity, dim]
         What was last published for the document (where ``has_published``).
+    moving : bool [slot capacity]
+        Whether the slot's sum is non-zero, kept with the sums so that asking costs no pass over
+        them (derived: recomputed by :meth:`recount` after the sums are set from outside).
     """
 
     def __init__(self, dim: int, capacity: int = 1024, slot_capacity: int = 256):
@@ -56,6 +59,7 @@ class DocumentTable:
         self.clicks = np.zeros(slot_capacity, dtype=np.int64)
         self.published = np.zeros((slot_capacity, dim), dtype=np.float32)
         self.has_published = np.zeros(slot_capacity, dtype=bool)
+        self.moving = np.zeros(slot_capacity, dtype=bool)
         self.row_of_slot = np.full(slot_capacity, -1, dtype=np.int64)
         self.free_slots: list[int] = []
         self.n_slots = 0
@@ -97,6 +101,7 @@ class DocumentTable:
             self.sums[slot] = 0.0
             self.clicks[slot] = 0
             self.has_published[slot] = False
+            self.moving[slot] = False
             self.row_of_slot[slot] = -1
             self.free_slots.append(slot)
             self.slot_of[row] = -1
@@ -145,6 +150,7 @@ class DocumentTable:
             self.clicks = _grown(self.clicks, capacity)
             self.published = _grown(self.published, capacity)
             self.has_published = _grown(self.has_published, capacity, False)
+            self.moving = _grown(self.moving, capacity, False)
             self.row_of_slot = _grown(self.row_of_slot, capacity, -1)
         out = np.empty(count, dtype=np.int64)
         out[: len(reused)] = reused
@@ -162,9 +168,11 @@ class DocumentTable:
         if rows.size == 0:
             return rows
         slots = self.slots_for(rows)
-        contrib = vectors.astype(np.float64)
         weights = np.asarray(weights, dtype=np.float64)
-        if not np.all(weights == 1.0):
+        if np.all(weights == 1.0):
+            contrib = vectors  # float32, widened exactly by the float64 += below
+        else:
+            contrib = vectors.astype(np.float64)
             contrib *= weights[:, None]
         # In rounds: round r adds each slot's r-th contribution (in input order), so within a
         # round the slots are distinct and one fancy-indexed += does it; each row's additions
@@ -179,21 +187,29 @@ class DocumentTable:
         for r in range(len(bounds) - 1):
             take = by_rank[bounds[r] : bounds[r + 1]]
             self.sums[slots[take]] += contrib[take]
-        self.clicks[sorted_slots[starts]] += sizes
+        touched = sorted_slots[starts]
+        self.clicks[touched] += sizes
+        self.moving[touched] = np.any(self.sums[touched] != 0.0, axis=1)
         return np.unique(rows)
+
+    def recount(self) -> None:
+        """Derive :attr:`moving` from the sums (after they were set from a snapshot)."""
+        self.moving[:] = False
+        self.moving[: self.n_slots] = np.any(self.sums[: self.n_slots] != 0.0, axis=1)
 
     def is_nudged(self, rows: np.ndarray) -> np.ndarray:
         """Whether each row's query sum is non-zero (the document moves)."""
         slots = self.slot_of[rows]
         out = np.zeros(len(rows), dtype=bool)
         has = slots >= 0
-        out[has] = np.any(self.sums[slots[has]] != 0.0, axis=1)
+        out[has] = self.moving[slots[has]]
         return out & self.alive[rows]
 
     def nudged_rows(self) -> np.ndarray:
         """All rows that move, in row order."""
-        slots = np.flatnonzero(self.row_of_slot[: self.n_slots] >= 0)
-        slots = slots[np.any(self.sums[slots] != 0.0, axis=1)]
+        slots = np.flatnonzero(
+            (self.row_of_slot[: self.n_slots] >= 0) & self.moving[: self.n_slots]
+        )
         return np.sort(self.row_of_slot[slots])
 
     def directions(self, rows: np.ndarray) -> np.ndarray:
