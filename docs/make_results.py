@@ -59,7 +59,9 @@ def run(args: list[str]) -> str:
 
 
 def command_line(args: list[str]) -> str:
-    return shlex.join(a.replace(str(REPO) + "/", "").replace(str(DATA), "../shared/data") for a in args)
+    return shlex.join(
+        a.replace(str(REPO) + "/", "").replace(str(DATA), "../shared/data") for a in args
+    )
 
 
 def section(name: str, report: dict, reference: dict | None, cmd: str, out_dir: Path) -> list[str]:
@@ -141,7 +143,9 @@ def main() -> None:
             report = json.loads((out_dir / "results.json").read_text())
             reference = json.loads((folder / "reference.json").read_text())
             cmd = (
-                command_line(export).replace(sys.executable, ".venv/bin/python").replace(tmp, "/tmp")
+                command_line(export)
+                .replace(sys.executable, ".venv/bin/python")
+                .replace(tmp, "/tmp")
                 + "\n"
                 + command_line(args).replace(exe, ".venv/bin/stream-nudge").replace(tmp, "/tmp")
             )

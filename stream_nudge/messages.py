@@ -29,6 +29,7 @@ __all__ = [
     "encode_tombstone",
     "encode_update",
     "is_validation",
+    "query_hash",
 ]
 
 #: Why a record went to dead letters.
@@ -49,6 +50,10 @@ REASONS = (
     "bad_split",  # a split other than train / validation
     "pending_overflow",  # an event for an unseen document when the pending store is full
 )
+
+# The batch path converts vectors this many at a time: enough to spread the cost of a call, few
+# enough that the parsed numbers are still in cache when converted.
+_GROUP = 64
 
 # Dead letters keep at most this much of an oversize record: enough to find it, not to store it.
 _RAW_KEEP = 65_536
@@ -121,21 +126,36 @@ class Decoder:
     def decode_batch(
         self, records: list[Record]
     ) -> list[DocUpsert | DocDelete | Event | DeadLetter]:
-        """Decode records in order (the first valid vector may fix the dimension for the rest)."""
-        out = []
-        append = out.append
-        decode = self._decode
+        """Decode records in order (the first valid vector may fix the dimension for the rest).
+
+        The result is what decoding each record on its own gives. Once the dimension is known,
+        records of the common shapes are checked and their vectors converted a batch at a time
+        (see :meth:`_decode_known`); vectors of one batch may then be rows of one array.
+        """
         # One errstate for the batch: values beyond float32 become inf (and are rejected as
         # non-finite) without a warning per vector.
         with np.errstate(over="ignore"):
-            for record in records:
-                try:
-                    append(decode(record))
-                except _Reject as reject:
-                    append(DeadLetter(reject.reason, reject.detail, record))
+            out = []
+            start = 0
+            while self.dimension is None and start < len(records):
+                out.append(self._one(records[start]))
+                start += 1
+            if start < len(records):
+                out.extend(self._decode_known(records[start:] if start else records))
         return out
 
-    def _decode(self, record: Record):
+    def _one(self, record: Record, obj: Any = None):
+        """The reference: one record, every check in the contract's order (``obj``: parsed)."""
+        try:
+            if obj is None:
+                obj = self._parse(record)
+            if record.topic == "docs":
+                return self._document(obj)
+            return self._event(obj)
+        except _Reject as reject:
+            return DeadLetter(reject.reason, reject.detail, record)
+
+    def _parse(self, record: Record) -> dict:
         value = record.value
         if value is None:
             raise _Reject("wrong_type", "empty (null) message")
@@ -151,9 +171,121 @@ class Decoder:
             raise _Reject("invalid_json", str(exc)) from None
         if not isinstance(obj, dict):
             raise _Reject("not_an_object", f"a JSON {type(obj).__name__}, not an object")
-        if record.topic == "docs":
-            return self._document(obj)
-        return self._event(obj)
+        return obj
+
+    def _decode_known(self, records: list[Record]) -> list:
+        """Decode with the dimension known, a batch at a time where the records allow it.
+
+        A record takes the batch path only if it is a plain upsert or a single-document event
+        whose every field already passed the same checks as in :meth:`_one` and whose vector has
+        the stream's length; everything else (deletes, ``doc_ids`` lists, anything doubtful or
+        bad) is decoded by :meth:`_one` on its own, so reasons and their order stay the
+        reference's. The batch path converts each kind of vector with one call for the batch and
+        checks finiteness (and zero documents) with one reduction; a record whose vector fails
+        there is decoded again by :meth:`_one`, which then names the reason.
+        """
+        dim = self.dimension
+        if len(records) < 2 or dim > self.max_dimension:
+            return [self._one(record) for record in records]
+        out: list = [None] * len(records)
+        one = self._one
+        loads = orjson.loads
+        limit = self.max_message_bytes
+        max_weight = self.max_weight
+        b64_length = 4 * -(-4 * dim // 3)
+        # Per vector encoding: the records' indices, their fields, and their raw vectors.
+        lists: tuple[list[int], list, list] = ([], [], [])
+        texts: tuple[list[int], list, list] = ([], [], [])
+        for i, record in enumerate(records):
+            value = record.value
+            if value is None or len(value) > limit:
+                out[i] = one(record)
+                continue
+            try:
+                obj = loads(value)
+            except orjson.JSONDecodeError:
+                out[i] = one(record)
+                continue
+            if obj.__class__ is not dict:
+                out[i] = one(record)
+                continue
+            if record.topic == "docs":
+                doc_id = obj.get("id")
+                if doc_id.__class__ is not str or not doc_id or obj.get("op", "upsert") != "upsert":
+                    out[i] = one(record, obj)
+                    continue
+                fields = doc_id
+                name = "embedding"
+            else:
+                query_id = obj.get("query_id")
+                doc_id = obj.get("doc_id")
+                weight = obj.get("weight", 1.0)
+                split = obj.get("split")
+                ts = obj.get("ts")
+                if weight.__class__ is int:
+                    weight = float(weight)
+                if ts.__class__ is int:
+                    ts = float(ts)
+                if (
+                    query_id.__class__ is not str
+                    or not query_id
+                    or doc_id.__class__ is not str
+                    or not doc_id
+                    or "doc_ids" in obj
+                    or weight.__class__ is not float
+                    or not -max_weight <= weight <= max_weight
+                    or (split is not None and split != "train" and split != "validation")
+                    or (ts is not None and ts.__class__ is not float)
+                ):
+                    out[i] = one(record, obj)
+                    continue
+                fields = (query_id, (doc_id,), weight, split, ts)
+                name = "query_embedding"
+            raw = obj.get(name)
+            if raw is not None:
+                group, convert = (lists, _from_lists) if raw.__class__ is list else (None, None)
+                if len(raw) != dim:
+                    group = None
+            else:
+                raw = obj.get(name + "_b64")
+                group, convert = (texts, _from_base64) if raw.__class__ is str else (None, None)
+                if group is not None and len(raw) != b64_length:
+                    group = None
+            if group is None:
+                out[i] = one(record, obj)
+                continue
+            group[0].append(i)
+            group[1].append(fields)
+            group[2].append(raw)
+            if len(group[0]) == _GROUP:
+                self._finish(group, convert, records, out)
+        self._finish(lists, _from_lists, records, out)
+        self._finish(texts, _from_base64, records, out)
+        return out
+
+    def _finish(self, group: tuple[list, list, list], convert, records, out: list) -> None:
+        """Convert a group's vectors at once, check them, and put its items in ``out``."""
+        index, fields, raws = group
+        if not index:
+            return
+        vectors = convert(raws, self.dimension)
+        if vectors is None:  # some vector is not what it seemed: each on its own
+            for i in index:
+                out[i] = self._one(records[i])
+        else:
+            good = np.isfinite(vectors).all(axis=1)
+            if any(f.__class__ is str for f in fields):
+                # Documents must not be all zeros (a zero query is fine).
+                good &= vectors.any(axis=1) | np.array([f.__class__ is not str for f in fields])
+            for i, f, vector, ok in zip(index, fields, vectors, good.tolist(), strict=True):
+                if not ok:
+                    out[i] = self._one(records[i])
+                elif f.__class__ is str:
+                    out[i] = DocUpsert(f, vector)
+                else:
+                    out[i] = Event(f[0], vector, f[1], f[2], f[3], f[4])
+        for part in group:
+            part.clear()
 
     def _document(self, obj: dict):
         op = obj.get("op", "upsert")
@@ -255,6 +387,32 @@ class Decoder:
         return vector
 
 
+def _from_lists(raws: list[list], dim: int) -> np.ndarray | None:
+    """JSON arrays of ``dim`` numbers each as one float32 array, or None if any is not that."""
+    try:
+        vectors = np.array(raws, dtype=np.float32)
+    except (TypeError, ValueError):
+        return None
+    # Nested arrays of one shape convert without error, to more than two dimensions.
+    return vectors if vectors.shape == (len(raws), dim) else None
+
+
+def _from_base64(raws: list[str], dim: int) -> np.ndarray | None:
+    """Base64 texts of ``dim`` float32 each as one array (a copy), or None if any is not that."""
+    try:
+        if 4 * dim % 3 == 0:
+            # No padding: the texts joined are valid base64 exactly when each one is, and one
+            # call decodes them all.
+            data = _strict_b64decode("".join(raws))
+        else:
+            data = b"".join([_strict_b64decode(text) for text in raws])
+    except ValueError:  # binascii.Error, or text that is not ASCII
+        return None
+    if len(data) != 4 * dim * len(raws):
+        return None
+    return np.frombuffer(data, dtype="<f4").reshape(len(raws), dim).astype(np.float32)
+
+
 def _strict_b64decode(text: str) -> bytes:
     try:
         return binascii.a2b_base64(text, strict_mode=True)
@@ -287,8 +445,12 @@ def is_validation(query_id: str, fraction: float) -> bool:
     >>> [is_validation(q, 0.5) for q in ("q-1", "q-2", "q-3")], is_validation("q-1", 0.0)
     ([True, False, True], False)
     """
-    digest = hashlib.blake2b(query_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") < fraction * 2.0**64
+    return query_hash(query_id) < fraction * 2.0**64
+
+
+def query_hash(query_id: str) -> int:
+    """The stable 64-bit hash :func:`is_validation` compares with ``fraction * 2**64``."""
+    return int.from_bytes(hashlib.blake2b(query_id.encode("utf-8"), digest_size=8).digest(), "big")
 
 
 def _vector_field(vector: np.ndarray, encoding: str) -> tuple[str, Any]:

@@ -64,6 +64,7 @@ class JsonlSource:
         docs: str | os.PathLike | None,
         events: str | os.PathLike | None,
         max_line_bytes: int = 1 << 20,
+        chunk_bytes: int = _CHUNK,
     ):
         self._files = [
             (topic, Path(p)) for topic, p in (("docs", docs), ("events", events)) if p is not None
@@ -72,15 +73,24 @@ class JsonlSource:
             if not path.is_file():
                 raise FileNotFoundError(f"no such file: {path}")
         self.max_line_bytes = max_line_bytes
-        self._lines = self._read()
+        self._chunk_bytes = chunk_bytes
+        self._chunks = self._read()
+        # Records read but not yet returned: _ready[_next:].
+        self._ready: list[Record] = []
+        self._next = 0
+        self._path: Path | None = None  # the file the records in _ready come from
         self._position = {"file": None, "line": 0}
         self.bytes_total = sum(path.stat().st_size for _, path in self._files)
         self.bytes_read = 0
 
-    def _read(self) -> Iterator[Record]:
-        # Reads in large chunks and splits lines itself: per-line readline() costs more than the
-        # rest of a record's handling. A line longer than the limit is cut at limit + 1 bytes and
-        # the rest skipped, so memory stays bounded whatever the input.
+    def _read(self) -> Iterator[tuple[Path, list[Record], int]]:
+        """Yields each chunk's records, with its file and the number of its last line.
+
+        Reads in large chunks and splits lines itself: per-line readline() costs more than the rest
+        of a record's handling, and so does any per-line Python step this can do for a whole chunk
+        at once. A line longer than the limit is cut at limit + 1 bytes and the rest skipped, so
+        memory stays bounded whatever the input.
+        """
         limit = self.max_line_bytes
         for topic, path in self._files:
             name = path.name
@@ -89,51 +99,92 @@ class JsonlSource:
                 tail = b""
                 skipping = False
                 while True:
-                    chunk = f.read(_CHUNK)
+                    chunk = f.read(self._chunk_bytes)
                     self.bytes_read += len(chunk)
                     if not chunk:
                         break
-                    lines = (tail + chunk).split(b"\n")
+                    lines = chunk.split(b"\n")
+                    # Only the first piece is joined to the tail: joining whole chunks would copy
+                    # every byte once more.
+                    lines[0] = tail + lines[0]
+                    carriage = b"\r" in chunk or b"\r" in tail
                     tail = lines.pop()
-                    for line in lines:
-                        if skipping:
-                            skipping = False  # the end of an oversize line
-                            continue
-                        number += 1
-                        if len(line) > limit:
-                            line = line[: limit + 1]
-                        self._position = {"file": str(path), "line": number}
-                        if line.strip():
-                            yield Record(
-                                topic, line.rstrip(b"\r"), position={"file": name, "line": number}
-                            )
+                    if skipping and lines:
+                        del lines[0]  # the end of an oversize line, already counted
+                        skipping = False
+                    if not carriage and _plain(lines, limit):
+                        first = number + 1
+                        number += len(lines)
+                        records = [
+                            Record(topic, line, {"file": name, "line": n})
+                            for n, line in enumerate(lines, first)
+                        ]
+                    else:
+                        records, number = _records(topic, name, lines, number, limit)
                     if len(tail) > limit:
                         if not skipping:
                             number += 1
-                            self._position = {"file": str(path), "line": number}
-                            yield Record(
-                                topic, tail[: limit + 1], position={"file": name, "line": number}
+                            records.append(
+                                Record(topic, tail[: limit + 1], {"file": name, "line": number})
                             )
                         skipping = True
                         tail = b""
+                    yield path, records, number
                 if tail and not skipping:
-                    number += 1
-                    self._position = {"file": str(path), "line": number}
-                    if tail.strip():
-                        yield Record(
-                            topic, tail.rstrip(b"\r"), position={"file": name, "line": number}
-                        )
+                    records, number = _records(topic, name, [tail], number, limit)
+                    yield path, records, number
 
     def next_batch(self, max_records: int) -> list[Record] | None:
-        batch = []
-        for record in self._lines:
-            batch.append(record)
-            if len(batch) >= max_records:
-                break
+        batch: list[Record] = []
+        while len(batch) < max_records:
+            ready, start = self._ready, self._next
+            if start >= len(ready):
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                self._path, self._ready, last_line = chunk
+                self._next = 0
+                # Nothing of this chunk returned yet; once all of it is, its last line is the
+                # position (blank lines after the last record included, as when read line by line).
+                self._position = {"file": str(self._path), "line": last_line}
+                continue
+            stop = min(len(ready), start + max_records - len(batch))
+            batch.extend(ready[start:stop])
+            self._next = stop
         return batch or None
 
     def position(self) -> dict:
+        if 0 < self._next < len(self._ready):
+            # Inside a chunk: right after the last record returned.
+            return {"file": str(self._path), "line": self._ready[self._next - 1].position["line"]}
         return dict(self._position)
 
     def close(self) -> None:
-        self._lines.close()
+        self._chunks.close()
+
+
+# How a line that is blank, or might be (bytes.strip() removes these), starts.
+_BLANK_STARTS = frozenset((b"", b" ", b"\t", b"\r", b"\x0b", b"\x0c"))
+
+
+def _plain(lines: list[bytes], limit: int) -> bool:
+    """Whether ``lines`` (without carriage returns) need no per-line care: none is blank or could
+    be, none is over the limit. Two quick passes over the list instead of a step per line."""
+    return _BLANK_STARTS.isdisjoint([line[:1] for line in lines]) and (
+        not lines or max(map(len, lines)) <= limit
+    )
+
+
+def _records(
+    topic: str, name: str, lines: list[bytes], number: int, limit: int
+) -> tuple[list[Record], int]:
+    """Records of ``lines`` one by one: blank lines skipped, carriage returns and overlong lines
+    cut. Returns them and the number of the last line."""
+    records = []
+    for line in lines:
+        number += 1
+        if len(line) > limit:
+            line = line[: limit + 1]
+        if line.strip():
+            records.append(Record(topic, line.rstrip(b"\r"), {"file": name, "line": number}))
+    return records, number

@@ -33,7 +33,7 @@ from stream_nudge.messages import (
     Record,
     encode_tombstone,
     encode_update,
-    is_validation,
+    query_hash,
 )
 
 __all__ = ["Engine", "Output", "SelectionReport", "restore", "snapshot"]
@@ -108,6 +108,8 @@ class Engine:
         self.last_selection: SelectionReport | None = None
         self.selection_history: list[SelectionReport] = []
         self._fraction = c.validation.fraction
+        # is_validation's rule, with its threshold computed once: the hash is per event.
+        self._validation_below = c.validation.fraction * 2.0**64
         self._split_of: dict[str, str] = {}
         self.dead_letters: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
@@ -120,10 +122,8 @@ class Engine:
         self._enter_caches: set[int] = set()
         # Training clicks not yet added to the sums (applied in order, before anything that
         # could change what a row means).
-        self._buffer_rows: list[int] = []
-        self._buffer_weights: list[float] = []
-        self._buffer_vectors: list[np.ndarray] = []
-        self._buffer_times: list[tuple[float, float]] = []  # only with decay
+        # (row, weight, query vector), and with decay the click's (event count, seconds) too.
+        self._clicks: list[tuple] = []
 
     # --- the public verbs -----------------------------------------------------------------------
 
@@ -223,6 +223,7 @@ class Engine:
         )
 
     def _event(self, event: Event, record: Record, out: Output) -> None:
+        # Runs once per event, the hot path of ingest: few attribute look-ups, one append per click.
         self.events += 1
         self.events_since_selection += 1
         ts = event.ts
@@ -240,23 +241,25 @@ class Engine:
         )
         split = event.split
         if split is None:
-            split = self._split_of.get(event.query_id)
+            split_of = self._split_of
+            query_id = event.query_id
+            split = split_of.get(query_id)
             if split is None:
-                split = "validation" if is_validation(event.query_id, self._fraction) else "train"
-                if len(self._split_of) >= _SPLIT_CACHE:
-                    self._split_of.clear()
-                self._split_of[event.query_id] = split
+                below = query_hash(query_id) < self._validation_below  # is_validation()
+                split = "validation" if below else "train"
+                if len(split_of) >= _SPLIT_CACHE:
+                    split_of.clear()
+                split_of[query_id] = split
         if split == "train":
             self.counts["train_events"] += 1
-            row_of = self.docs.row_of
+            get_row = self.docs.row_of.get
             for doc_id in event.doc_ids:
-                row = row_of.get(doc_id)
+                row = get_row(doc_id)
                 if row is not None:
-                    self._buffer_rows.append(row)
-                    self._buffer_weights.append(event.weight)
-                    self._buffer_vectors.append(event.vector)
-                    if self._decay is not None:
-                        self._buffer_times.append(when)
+                    if self._decay is None:
+                        self._clicks.append((row, event.weight, event.vector))
+                    else:
+                        self._clicks.append((row, event.weight, event.vector, when))
                 else:
                     self._pend(doc_id, event.vector, event.weight, when, record, out)
             return
@@ -285,26 +288,29 @@ class Engine:
             detail = f"document {doc_id!r} not seen yet and the pending store is full"
             self._dead(DeadLetter("pending_overflow", detail, record), out)
             return
-        self.pending.setdefault(doc_id, []).append((vector, weight, when))
+        # A copy: the vector may be a row of its whole batch's array, which must not stay alive
+        # for one waiting click.
+        self.pending.setdefault(doc_id, []).append((vector.copy(), weight, when))
         self.pending_count += 1
 
     def _buffer(self, row: int, vector: np.ndarray, weight: float, when) -> None:
-        self._buffer_rows.append(row)
-        self._buffer_weights.append(weight)
-        self._buffer_vectors.append(vector)
-        if self._decay is not None:
-            self._buffer_times.append(when)
+        if self._decay is None:
+            self._clicks.append((row, weight, vector))
+        else:
+            self._clicks.append((row, weight, vector, when))
 
     def _flush(self) -> None:
         """Add buffered training clicks to the query sums."""
-        if not self._buffer_rows:
+        if not self._clicks:
             return
-        rows = np.array(self._buffer_rows, dtype=np.int64)
-        weights = np.array(self._buffer_weights, dtype=np.float64)
-        vectors = np.stack(self._buffer_vectors)
-        times = np.array(self._buffer_times, dtype=np.float64).reshape(-1, 2)
-        self._buffer_rows, self._buffer_weights, self._buffer_vectors = [], [], []
-        self._buffer_times = []
+        columns = list(zip(*self._clicks, strict=True))
+        self._clicks = []
+        rows = np.array(columns[0], dtype=np.int64)
+        weights = np.array(columns[1], dtype=np.float64)
+        # Every buffered vector is flat and of the stream's dimension: one concatenate is several
+        # times cheaper than stack, which handles each array on its own.
+        vectors = np.concatenate(columns[2]).reshape(len(rows), -1)
+        times = np.array(columns[3], dtype=np.float64) if self._decay is not None else None
         touched = np.unique(rows)
         before = self.docs.is_nudged(touched)
         now = (float(self.events), self.clock if self.clock is not None else math.nan)
@@ -469,16 +475,26 @@ class Engine:
         rows = rows[docs.alive[rows]]
         if len(rows) == 0:
             return
-        current = self._embeddings(rows)
         slots = docs.slot_of[rows]
-        baseline = docs.originals[rows].copy()
         seen = slots >= 0
         seen[seen] = docs.has_published[slots[seen]]
-        baseline[seen] = docs.published[slots[seen]]
-        moved = np.linalg.norm(current.astype(np.float64) - baseline, axis=1)
-        emit = moved > self.config.publish.min_change
+        emit = np.zeros(len(rows), dtype=bool)
+        current = None
+        # At gamma 0 every embedding is its original: only a document published at another gamma
+        # can have moved. Ingest before the first selection (most of a replay) then computes
+        # nothing here.
+        check = np.flatnonzero(seen) if self.gamma == 0.0 else np.arange(len(rows))
+        if len(check):
+            current = self._embeddings(rows)
+            baseline = docs.published[slots[check]].astype(np.float64)
+            unseen = ~seen[check]
+            baseline[unseen] = docs.originals[rows[check[unseen]]]
+            moved = np.linalg.norm(current[check].astype(np.float64) - baseline, axis=1)
+            emit[check] = moved > self.config.publish.min_change
         if forced:
             emit |= np.isin(rows, np.fromiter(forced, dtype=np.int64))
+        if current is None and emit.any():
+            current = self._embeddings(rows)
         c = self.config
         for i in np.flatnonzero(emit):
             row = int(rows[i])
@@ -615,6 +631,7 @@ def restore(config: Config, arrays: dict[str, np.ndarray], meta: dict) -> Engine
         if "stamps" in arrays:  # checkpoints from before decay existed have none
             docs.stamps[:s] = arrays["stamps"]
         docs.free_slots = arrays["free_slots"].tolist()
+        docs.recount()
         window = engine.window
         if arrays["window_raw"].shape[0] != window.capacity:
             raise ValueError(

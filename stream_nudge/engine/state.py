@@ -22,8 +22,12 @@ _GROWTH = 1.5
 
 
 def _grown(array: np.ndarray, rows: int, fill=0) -> np.ndarray:
-    bigger = np.full((rows, *array.shape[1:]), fill, dtype=array.dtype)
+    # np.zeros gets fresh zeroed pages from the allocator (calloc): the tail is never written
+    # here, which for the query sums' tables is most of the cost of growing them.
+    bigger = np.zeros((rows, *array.shape[1:]), dtype=array.dtype)
     bigger[: array.shape[0]] = array
+    if fill:
+        bigger[array.shape[0] :] = fill
     return bigger
 
 
@@ -68,6 +72,9 @@ class DocumentTable:
         Training pairs applied to the document.
     published : float32 [slot capacity, dim]
         What was last published for the document (where ``has_published``).
+    moving : bool [slot capacity]
+        Whether the slot's sum is non-zero, kept with the sums so that asking costs no pass over
+        them (derived: recomputed by :meth:`recount` after the sums are set from outside).
     stamps : float64 [slot capacity, 2]
         With a :class:`Decay`: the (event count, seconds) time each sum is expressed at.
     """
@@ -88,6 +95,7 @@ class DocumentTable:
         self.clicks = np.zeros(slot_capacity, dtype=np.int64)
         self.published = np.zeros((slot_capacity, dim), dtype=np.float32)
         self.has_published = np.zeros(slot_capacity, dtype=bool)
+        self.moving = np.zeros(slot_capacity, dtype=bool)
         self.row_of_slot = np.full(slot_capacity, -1, dtype=np.int64)
         self.stamps = np.full((slot_capacity, 2), math.nan)
         self.free_slots: list[int] = []
@@ -130,6 +138,7 @@ class DocumentTable:
             self.sums[slot] = 0.0
             self.clicks[slot] = 0
             self.has_published[slot] = False
+            self.moving[slot] = False
             self.stamps[slot] = math.nan
             self.row_of_slot[slot] = -1
             self.free_slots.append(slot)
@@ -146,32 +155,47 @@ class DocumentTable:
     # --- query sums ---------------------------------------------------------------------------
 
     def slots_for(self, rows: np.ndarray) -> np.ndarray:
-        """The sum slot of each row, allocating slots for rows that have none yet."""
+        """The sum slot of each row, allocating slots for rows that have none yet.
+
+        New slots go to the rows in order of first appearance (freed slots first, last freed
+        first), as one slot at a time would, but with at most one growth of the tables.
+        """
         slots = self.slot_of[rows]
-        for i in np.flatnonzero(slots < 0):
-            row = int(rows[i])
-            slot = int(self.slot_of[row])
-            if slot < 0:
-                slot = self._new_slot()
-                self.slot_of[row] = slot
-                self.row_of_slot[slot] = row
-            slots[i] = slot
+        missing = slots < 0
+        if missing.any():
+            need, first = np.unique(rows[missing], return_index=True)
+            need = need[np.argsort(first)]
+            new = self._new_slots(len(need))
+            self.slot_of[need] = new
+            self.row_of_slot[new] = need
+            slots = self.slot_of[rows]
         return slots
 
     def _new_slot(self) -> int:
-        if self.free_slots:
-            return self.free_slots.pop()
-        if self.n_slots == len(self.clicks):
-            capacity = max(self.n_slots + 1, int(self.n_slots * _GROWTH))
+        return int(self._new_slots(1)[0])
+
+    def _new_slots(self, count: int) -> np.ndarray:
+        """``count`` unused slots: freed ones first (the last freed first), then fresh ones."""
+        reused = self.free_slots[: -count - 1 : -1]
+        del self.free_slots[len(self.free_slots) - len(reused) :]
+        fresh = count - len(reused)
+        if self.n_slots + fresh > len(self.clicks):
+            # Doubling, but never beyond the documents' capacity (no more slots than rows can be
+            # in use): each growth copies the float64 sums, the biggest cost of a click stream's
+            # first pass, and doubling copies half as much in all as growing by 1.5.
+            capacity = max(self.n_slots + fresh, min(2 * self.n_slots, len(self.alive)))
             self.sums = _grown(self.sums, capacity)
             self.clicks = _grown(self.clicks, capacity)
             self.published = _grown(self.published, capacity)
             self.has_published = _grown(self.has_published, capacity, False)
+            self.moving = _grown(self.moving, capacity, False)
             self.row_of_slot = _grown(self.row_of_slot, capacity, -1)
             self.stamps = _grown(self.stamps, capacity, math.nan)
-        slot = self.n_slots
-        self.n_slots += 1
-        return slot
+        out = np.empty(count, dtype=np.int64)
+        out[: len(reused)] = reused
+        out[len(reused) :] = np.arange(self.n_slots, self.n_slots + fresh)
+        self.n_slots += fresh
+        return out
 
     def add(
         self,
@@ -192,25 +216,30 @@ class DocumentTable:
         if rows.size == 0:
             return rows
         slots = self.slots_for(rows)
-        contrib = vectors.astype(np.float64)
         weights = np.asarray(weights, dtype=np.float64)
         if self.decay is not None:
             weights = weights * self._age(np.unique(slots), times, now)
-        if not np.all(weights == 1.0):
+        if np.all(weights == 1.0):
+            contrib = vectors  # float32, widened exactly by the float64 += below
+        else:
+            contrib = vectors.astype(np.float64)
             contrib *= weights[:, None]
-        # Rows clicked once (most) are added directly; repeated rows go through add.at, which
-        # adds in input order. Either way each row's additions happen in event order.
+        # In rounds: round r adds each slot's r-th contribution (in input order), so within a
+        # round the slots are distinct and one fancy-indexed += does it; each row's additions
+        # still happen in event order. Cheaper than add.at, and most rows need only round 0.
         order = np.argsort(slots, kind="stable")
         sorted_slots = slots[order]
-        first = np.r_[True, sorted_slots[1:] != sorted_slots[:-1]]
-        counts = np.diff(np.r_[np.flatnonzero(first), len(slots)])
-        single = np.repeat(counts == 1, counts)
-        once = order[single]
-        self.sums[slots[once]] += contrib[once]
-        many = order[~single]
-        if len(many):
-            np.add.at(self.sums, slots[many], contrib[many])
-        np.add.at(self.clicks, slots, 1)
+        starts = np.flatnonzero(np.r_[True, sorted_slots[1:] != sorted_slots[:-1]])
+        sizes = np.diff(np.r_[starts, len(slots)])
+        rank = np.arange(len(slots)) - np.repeat(starts, sizes)
+        by_rank = order[np.argsort(rank, kind="stable")]
+        bounds = np.r_[0, np.cumsum(np.bincount(rank))]
+        for r in range(len(bounds) - 1):
+            take = by_rank[bounds[r] : bounds[r + 1]]
+            self.sums[slots[take]] += contrib[take]
+        touched = sorted_slots[starts]
+        self.clicks[touched] += sizes
+        self.moving[touched] = np.any(self.sums[touched] != 0.0, axis=1)
         return np.unique(rows)
 
     def _age(self, slots: np.ndarray, times: np.ndarray, now: tuple[float, float]) -> np.ndarray:
@@ -226,18 +255,24 @@ class DocumentTable:
             self.stamps[slots, 1] = now_seconds
         return self.decay.factors(now_events - times[:, 0], now_seconds - times[:, 1])
 
+    def recount(self) -> None:
+        """Derive :attr:`moving` from the sums (after they were set from a snapshot)."""
+        self.moving[:] = False
+        self.moving[: self.n_slots] = np.any(self.sums[: self.n_slots] != 0.0, axis=1)
+
     def is_nudged(self, rows: np.ndarray) -> np.ndarray:
         """Whether each row's query sum is non-zero (the document moves)."""
         slots = self.slot_of[rows]
         out = np.zeros(len(rows), dtype=bool)
         has = slots >= 0
-        out[has] = np.any(self.sums[slots[has]] != 0.0, axis=1)
+        out[has] = self.moving[slots[has]]
         return out & self.alive[rows]
 
     def nudged_rows(self) -> np.ndarray:
         """All rows that move, in row order."""
-        slots = np.flatnonzero(self.row_of_slot[: self.n_slots] >= 0)
-        slots = slots[np.any(self.sums[slots] != 0.0, axis=1)]
+        slots = np.flatnonzero(
+            (self.row_of_slot[: self.n_slots] >= 0) & self.moving[: self.n_slots]
+        )
         return np.sort(self.row_of_slot[slots])
 
     def directions(self, rows: np.ndarray) -> np.ndarray:

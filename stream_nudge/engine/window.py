@@ -157,6 +157,8 @@ class ValidationWindow:
 
     def forget_answer(self, slot: int, row: int) -> None:
         """A document became an answer of the query in ``slot``: it is no competitor there."""
+        if self.floor[slot] == np.inf:
+            return  # a cache never filled (a new query) holds nothing to forget
         hit = self.cache_rows[slot] == row
         self.cache_rows[slot, hit] = -1
         self.cache_scores[slot, hit] = -np.inf

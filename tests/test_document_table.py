@@ -1,0 +1,81 @@
+"""The document table's batched bookkeeping against one-at-a-time oracles."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stream_nudge.engine.state import DocumentTable
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# Operations on documents d0..d7: upsert, delete, or a batch of clicks (row index, weight, vector).
+# Weights of opposite sign and zero vectors make sums cancel to zero, so documents stop moving.
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("upsert"), st.integers(0, 7)),
+        st.tuples(st.just("delete"), st.integers(0, 7)),
+        st.tuples(
+            st.just("clicks"),
+            st.lists(
+                st.tuples(
+                    st.integers(0, 7),
+                    st.sampled_from([1.0, 1.0, -1.0, 0.5]),
+                    st.lists(st.sampled_from([0.0, 1.0, -1.0, 0.1, 3e5]), min_size=2, max_size=2),
+                ),
+                max_size=12,
+            ),
+        ),
+    ),
+    max_size=25,
+)
+
+
+@SETTINGS
+@given(operations)
+def test_sums_slots_and_moving_flags_match_one_click_at_a_time(ops):
+    table = DocumentTable(2, capacity=2, slot_capacity=1)
+    sums: dict[str, np.ndarray] = {}  # the oracle: each document's sum, added click by click
+    clicks: dict[str, int] = {}
+    for op in ops:
+        if op[0] == "upsert":
+            table.upsert(f"d{op[1]}", np.ones(2, dtype=np.float32))
+        elif op[0] == "delete":
+            table.delete(f"d{op[1]}")
+            sums.pop(f"d{op[1]}", None)
+            clicks.pop(f"d{op[1]}", None)
+        else:
+            known = [(f"d{i}", w, v) for i, w, v in op[1] if f"d{i}" in table.row_of]
+            if not known:
+                continue
+            rows = np.array([table.row_of[d] for d, _, _ in known])
+            weights = np.array([w for _, w, _ in known])
+            vectors = np.array([v for _, _, v in known], dtype=np.float32)
+            table.add(rows, weights, vectors)
+            for (doc_id, w, _), v in zip(known, vectors, strict=True):
+                contribution = v.astype(np.float64) * w if w != 1.0 else v.astype(np.float64)
+                sums[doc_id] = sums.get(doc_id, np.zeros(2)) + contribution
+                clicks[doc_id] = clicks.get(doc_id, 0) + 1
+        rows = np.array(sorted(table.row_of.values()), dtype=np.int64)
+        expected_moving = []
+        for row in rows:
+            doc_id = table.ids[row]
+            slot = table.slot_of[row]
+            got = table.sums[slot] if slot >= 0 else np.zeros(2)
+            assert np.array_equal(got, sums.get(doc_id, np.zeros(2)))
+            assert (table.clicks[slot] if slot >= 0 else 0) == clicks.get(doc_id, 0)
+            expected_moving.append(bool(np.any(sums.get(doc_id, np.zeros(2)) != 0.0)))
+        assert table.is_nudged(rows).tolist() == expected_moving
+        assert table.nudged_rows().tolist() == rows[np.array(expected_moving, dtype=bool)].tolist()
+        # Every slot in use belongs to exactly one live row, and free slots are zeroed.
+        used = table.slot_of[rows]
+        used = used[used >= 0]
+        assert len(set(used.tolist())) == len(used)
+        assert set(used.tolist()).isdisjoint(table.free_slots)
+        for slot in table.free_slots:
+            assert not table.sums[slot].any() and not table.moving[slot]
+    # Recomputing the flags from the sums (as a restore does) changes nothing.
+    before = table.moving.copy()
+    table.recount()
+    assert np.array_equal(table.moving, before)
