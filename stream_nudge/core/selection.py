@@ -347,6 +347,10 @@ def _curve_events(scores: ValidationScores, k: int, upper: float):
     dead = np.zeros((n_pairs, _CELLS), dtype=bool)
     cos_e, sin_e = np.cos(edges), np.sin(edges)
     dtype = np.result_type(scores.sims.dtype, np.float32)
+    # The same in the scores' own dtype: a float64 scalar would make numpy compute every product
+    # with a float32 table in float64 and cast back, three times slower; the rounding this adds
+    # is one unit in the last place, far inside `tol`.
+    cos_d, sin_d = cos_e.astype(dtype), sin_e.astype(dtype)
     for q0 in range(0, nq, _QUERY_BLOCK):
         q1 = min(q0 + _QUERY_BLOCK, nq)
         nb = q1 - q0
@@ -362,19 +366,24 @@ def _curve_events(scores: ValidationScores, k: int, upper: float):
             best_other = block_others.max(axis=1, initial=-np.inf)
         else:
             best_other = _largest(block_others, k).min(axis=1)
-        prev, nxt, tmp = a.copy(), np.empty_like(a), np.empty_like(a)
-        # The best edge difference to a live answer over all cells; compared once at the end.
+        # `cur` holds the scores at the cell's left edge, `nxt` at its right edge.
+        cur, nxt, tmp = a.copy(), np.empty_like(a), np.empty_like(a)
+        # The best edge difference to a live answer over all edges; compared once at the end.
         reach_best = np.full(a.shape, -np.inf, dtype=dtype)
         block_keep = keep[q0:q1]
+        # The previous cell's lowest live answer at its right edge (this cell's left edge).
+        low_before = np.full(nb, np.inf)
         for c in range(_CELLS):
             # Scores at the cell's right edge, flat where the document has saturated.
-            np.multiply(a, cos_e[c + 1], out=nxt)
-            np.multiply(b, sin_e[c + 1], out=tmp)
+            np.multiply(a, cos_d[c + 1], out=nxt)
+            np.multiply(b, sin_d[c + 1], out=tmp)
             nxt += tmp
-            np.copyto(nxt, flat, where=(edges[c + 1] >= angles)[None, :])
+            saturated = edges[c + 1] >= angles
+            if saturated.any():
+                np.copyto(nxt, flat, where=saturated[None, :])
             # The k-th best score that non-answers surely reach everywhere in the cell; an answer
             # below it all through the cell is dead there.
-            np.minimum(prev, nxt, out=tmp)
+            np.minimum(cur, nxt, out=tmp)
             tmp[cell_r, cell_c] = -np.inf
             if k == 1:
                 floor = np.maximum(tmp.max(axis=1, initial=-np.inf) - slack, best_other)
@@ -391,11 +400,12 @@ def _curve_events(scores: ValidationScores, k: int, upper: float):
             np.minimum.at(low_right, pq[lp], at_edges[p0 + lp, c + 1])
             np.minimum.at(low_cell, pq[lp], ans_low[p0 + lp, c])
             # A document matters here only if it may get above a live answer: sharp test on the
-            # difference at the edges, where both curves are smooth through the cell ...
-            np.subtract(prev, low_left.astype(dtype)[:, None], out=tmp)
-            np.subtract(nxt, low_right.astype(dtype)[:, None], out=prev)
-            np.maximum(tmp, prev, out=tmp)
+            # difference at the edges, where both curves are smooth through the cell. An edge is
+            # shared by two cells, so it is tested once, against the lower of their two answers
+            # (max(s - x, s - y) = s - min(x, y)); the right edge waits for the next cell.
+            np.subtract(cur, np.minimum(low_before, low_left).astype(dtype)[:, None], out=tmp)
             np.maximum(reach_best, tmp, out=reach_best)
+            low_before = low_right
             # ... and the range test where a document or an answer saturates inside the cell.
             kinked_rows = np.unique(pq[lp[ans_kink[p0 + lp, c]]])
             kinked_cols = np.flatnonzero(doc_kink[c])
@@ -406,13 +416,14 @@ def _curve_events(scores: ValidationScores, k: int, upper: float):
                 )
                 block_keep[:, kinked_cols] |= reach >= limit
             if len(kinked_rows):
-                # `prev` was overwritten above; the left edge's scores are recomputed for these rows.
                 left = a[kinked_rows] * cos_e[c] + b[kinked_rows] * sin_e[c]
                 left = np.where(edges[c] >= angles, flat[kinked_rows], left)
                 reach = np.maximum(left, nxt[kinked_rows])
                 block_keep[kinked_rows] |= reach >= limit[kinked_rows]
             keep_others[q0:q1] |= block_others >= (low_cell - tol)[:, None]
-            prev, nxt = nxt, prev
+            cur, nxt = nxt, cur
+        np.subtract(cur, low_before.astype(dtype)[:, None], out=tmp)
+        np.maximum(reach_best, tmp, out=reach_best)
         block_keep |= reach_best >= -(slack2 + tol)
         block_keep[cell_r, cell_c] = False
     keep_others &= np.isfinite(others)
