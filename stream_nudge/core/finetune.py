@@ -22,8 +22,14 @@ __all__ = ["METHODS", "FineTuneResult", "ValidationReport", "fine_tune", "static
 METHODS = ("nudge-m", "nudge-n")
 
 # The corpus pass multiplies the validation queries by blocks of documents; a block's score table
-# is kept near this many float32 cells (32 MB) so memory stays flat with corpus size.
-_PASS_CELLS = 1 << 23
+# is kept near this many float32 cells (4 MB) so memory stays flat with corpus size, and so that
+# the table is still in cache (L2 + L3) when it is masked and reduced right after the product.
+_PASS_CELLS = 1 << 20
+
+# Per-document training sums add the first this many rows of each document one vectorised step
+# at a time; a document rarely has more training queries than this (clicks), and the rare longer
+# ones go through np.add.reduceat.
+_DIRECT_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -194,9 +200,33 @@ def query_directions(queries, ptr, rows, weights, n_docs):
         w = weights / (np.abs(weights).max(initial=0.0) or 1.0)
         contrib *= w[q_of_pair[order]][:, None]
     starts = np.flatnonzero(np.r_[True, doc_sorted[1:] != doc_sorted[:-1]])
-    sums = np.add.reduceat(contrib, starts, axis=0)
+    sums = _segment_sums(contrib, starts)
     directions, nonzero = unit_rows(sums, out=np.empty_like(sums))
     return doc_sorted[starts][nonzero], directions[nonzero]
+
+
+def _segment_sums(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Row sums of ``x`` over the segments that begin at ``starts`` (sorted, ``starts[0] == 0``).
+
+    ``np.add.reduceat`` does this, but row-wise on a 2-d array it is several times slower than
+    adding the j-th row of every segment at once, and a document has only a few training queries
+    (clicks): rows are added in order, one vectorised step per position, while segments longer
+    than ``_DIRECT_ROWS`` hand their tails to ``reduceat`` so that one hot document cannot cost a
+    Python step per query.
+    """
+    lengths = np.diff(np.r_[starts, len(x)])
+    sums = x[starts]
+    for j in range(1, min(int(lengths.max(initial=0)), _DIRECT_ROWS)):
+        longer = np.flatnonzero(lengths > j)
+        sums[longer] += x[starts[longer] + j]
+    long = np.flatnonzero(lengths > _DIRECT_ROWS)
+    if len(long):
+        # The rows past the first _DIRECT_ROWS of each long segment, segment after segment.
+        tail = lengths[long] - _DIRECT_ROWS
+        first = np.repeat(starts[long] + _DIRECT_ROWS - np.cumsum(tail) + tail, tail)
+        rows = first + np.arange(tail.sum())
+        sums[long] += np.add.reduceat(x[rows], np.cumsum(tail) - tail, axis=0)
+    return sums
 
 
 def build_scores(
@@ -272,11 +302,13 @@ def static_others(v_unit, embeddings, col_of, val_ptr, val_rows, k, raw=None):
     pair_q = np.repeat(np.arange(n_val), np.diff(val_ptr))
     block = max(256, _PASS_CELLS // max(n_val, 1))
     v_t = np.ascontiguousarray(v_unit.T)
+    # One table for all blocks: a fresh one per block would be fresh pages to fault in each time.
+    buffer = np.empty((min(block, n_docs), n_val), dtype=dtype)
     for start in range(0, n_docs, block):
         stop = min(start + block, n_docs)
         if raw is not None:
             _normalise_block(raw, embeddings, start, stop)
-        table = embeddings[start:stop] @ v_t
+        table = np.matmul(embeddings[start:stop], v_t, out=buffer[: stop - start])
         local = np.flatnonzero(col_of[start:stop] >= 0)
         sims_t[col_of[start + local]] = table[local]
         table[local] = -np.inf
