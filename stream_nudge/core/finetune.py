@@ -289,37 +289,53 @@ def static_others(v_unit, embeddings, col_of, val_ptr, val_rows, k, raw=None):
     """One pass over the corpus: scores against nudged documents, and the best ``k`` others.
 
     Returns ``(sims [n_val, n_nudged], others [n_val, k])``; ``others`` leaves out nudged documents
-    and each query's own answers. Blocks are scored documents-by-queries, so that leaving out a
-    document is writing one contiguous row. With ``raw`` given, each block of it is first checked
-    (finite, non-zero) and normalised into ``embeddings``: the corpus is read once, not twice.
+    and each query's own answers. With ``raw`` given, each block of it is first checked (finite,
+    non-zero) and normalised into ``embeddings``: the corpus is read once, not twice. Nudged
+    documents are left out of the blocks' products (they would only be masked out again) and scored
+    by one product of their own at the end, which gives ``sims`` in its final layout.
     """
     n_val = v_unit.shape[0]
     n_docs = embeddings.shape[0]
-    n_nudged = int((col_of >= 0).sum())
     dtype = np.result_type(v_unit, embeddings)
-    sims_t = np.empty((n_nudged, n_val), dtype=dtype)
     others = np.full((k, n_val), -np.inf, dtype=dtype)
+    untouched = col_of < 0
     pair_q = np.repeat(np.arange(n_val), np.diff(val_ptr))
+    # Untouched answers, sorted by document, so that a block's are one slice; a document's row in
+    # its block's table is its rank among untouched documents minus that of the block's first.
+    keep_answer = untouched[val_rows]
+    answer_rows, answer_q = val_rows[keep_answer], pair_q[keep_answer]
+    by_row = np.argsort(answer_rows, kind="stable")
+    answer_rows, answer_q = answer_rows[by_row], answer_q[by_row]
+    rank = np.cumsum(untouched) - 1
     block = max(256, _PASS_CELLS // max(n_val, 1))
     v_t = np.ascontiguousarray(v_unit.T)
-    # One table for all blocks: a fresh one per block would be fresh pages to fault in each time.
-    buffer = np.empty((min(block, n_docs), n_val), dtype=dtype)
+    # One table and one row buffer for all blocks: fresh ones per block would be fresh pages to
+    # fault in each time.
+    table_buffer = np.empty((min(block, n_docs), n_val), dtype=dtype)
+    rows_buffer = np.empty((min(block, n_docs), embeddings.shape[1]), dtype=embeddings.dtype)
     for start in range(0, n_docs, block):
         stop = min(start + block, n_docs)
         if raw is not None:
             _normalise_block(raw, embeddings, start, stop)
-        table = np.matmul(embeddings[start:stop], v_t, out=buffer[: stop - start])
-        local = np.flatnonzero(col_of[start:stop] >= 0)
-        sims_t[col_of[start + local]] = table[local]
-        table[local] = -np.inf
-        inside = (val_rows >= start) & (val_rows < stop)
-        table[val_rows[inside] - start, pair_q[inside]] = -np.inf
+        local = np.flatnonzero(untouched[start:stop])
+        if len(local) == 0:
+            continue
+        if len(local) == stop - start:
+            rows = embeddings[start:stop]
+        else:
+            rows = np.take(embeddings[start:stop], local, axis=0, out=rows_buffer[: len(local)])
+        table = np.matmul(rows, v_t, out=table_buffer[: len(local)])
+        lo, hi = np.searchsorted(answer_rows, [start, stop])
+        table[rank[answer_rows[lo:hi]] - rank[start + local[0]], answer_q[lo:hi]] = -np.inf
         if k == 1:
             np.maximum(others[0], table.max(axis=0, initial=-np.inf), out=others[0])
         else:
             best = _top(table.T, k)
             others = _top(np.concatenate([others.T, best], axis=1), k).T
-    return np.ascontiguousarray(sims_t.T), np.ascontiguousarray(others.T)
+    nudged = np.flatnonzero(~untouched)
+    nudged = nudged[np.argsort(col_of[nudged])]
+    sims = np.matmul(v_unit, embeddings[nudged].T).astype(dtype, copy=False)
+    return sims, np.ascontiguousarray(others.T)
 
 
 def _normalise_block(raw, embeddings, start, stop):
