@@ -504,9 +504,12 @@ def _answer_curves(scores: ValidationScores, rows: np.ndarray | None = None) -> 
     ).astype(np.float64)
 
 
-def _curve_at(curve: np.ndarray, theta: np.ndarray) -> np.ndarray:
+def _curve_at(curve: np.ndarray, theta: np.ndarray, trig=None) -> np.ndarray:
+    """Curves (rows of A, B, phi, flat) at angles ``theta``; ``trig`` is ``(cos, sin)`` of
+    ``theta`` when the caller has them already."""
     a, b, phi, flat = (curve[:, i : i + 1] for i in range(4))
-    return np.where(theta < phi, a * np.cos(theta) + b * np.sin(theta), flat)
+    cos, sin = trig if trig is not None else (np.cos(theta), np.sin(theta))
+    return np.where(theta < phi, a * cos + b * sin, flat)
 
 
 def _crossings(answer: np.ndarray, other: np.ndarray, upper: float, tol: float):
@@ -523,7 +526,8 @@ def _crossings(answer: np.ndarray, other: np.ndarray, upper: float, tol: float):
     lo_kink, hi_kink = np.minimum(phi_a, phi_o), np.maximum(phi_a, phi_o)
     piece_edges = np.stack([np.zeros(n), lo_kink, hi_kink, np.full(n, upper)], axis=1)
     points = [piece_edges]
-    for i in range(3):
+    # The third piece, past both saturation angles, is two flat scores: it has no roots.
+    for i in range(2):
         left, right = piece_edges[:, i], piece_edges[:, i + 1]
         mid = 0.5 * (left + right)
         a_moves = (mid < answer[:, 2])[:, None]
@@ -556,7 +560,8 @@ def _crossings(answer: np.ndarray, other: np.ndarray, upper: float, tol: float):
     pts = np.sort(np.where(repeat, np.inf, pts), axis=1)
     gap_ok = np.isfinite(pts[:, 1:])
     mids = np.where(gap_ok, 0.5 * (pts[:, :-1] + np.where(gap_ok, pts[:, 1:], 0.0)), 0.0)
-    above = (_curve_at(other, mids) >= _curve_at(answer, mids) - tol) & gap_ok
+    trig = (np.cos(mids), np.sin(mids))
+    above = (_curve_at(other, mids, trig) >= _curve_at(answer, mids, trig) - tol) & gap_ok
     above0 = above[:, 0].astype(np.float64)
     change = gap_ok[:, 1:] & (above[:, 1:] != above[:, :-1])
     r, c = np.nonzero(change)
