@@ -170,37 +170,79 @@ def objective_at(
         return 0.0
     k = objective.k
     tol = _tolerance(scores.sims.dtype)
-    theta = float(gamma_to_theta(gamma)) if method == "nudge-n" else 0.0
     dtype = np.result_type(scores.sims.dtype, np.float32)
-    counts = np.empty(len(scores.answer_cols), dtype=np.int64)
-    # Smaller blocks than the sweep's: the NUDGE-N path holds several float64 tables at once.
-    width = scores.sims.shape[1] + scores.others.shape[1]
-    for rows, q in _pair_blocks(scores, width, _BLOCK_ELEMENTS // 4):
-        pr, pc = _answer_cells(scores, rows, q)
-        if method == "nudge-m" or gamma == 0.0:
-            # At gamma 0 both methods score the original embeddings: the line form, slope unused.
-            dc, dm = _line_gaps(scores, rows, q, dtype)
-            diff = dc + np.asarray(gamma, dtype) * dm
-        else:
-            answer = _answer_curves(scores, rows)
-            comp = np.concatenate(
-                [
-                    np.where(
-                        theta < np.asarray(scores.angles, np.float64)[None, :],
-                        np.take(scores.sims, q, axis=0).astype(np.float64) * np.cos(theta)
-                        + np.take(scores.tangents, q, axis=0).astype(np.float64) * np.sin(theta),
-                        np.take(scores.pulls, q, axis=0).astype(np.float64),
-                    ),
-                    np.asarray(scores.others, np.float64)[q],
-                ],
-                axis=1,
-            )
-            diff = comp - _curve_at(answer, np.full((len(rows), 1), theta))
-        diff[pr, pc] = -np.inf  # the query's own answers are not competitors
-        counts[rows] = (diff >= -tol).sum(axis=1)
+    if method == "nudge-m" and gamma != 0.0:
+        counts = _line_counts(scores, gamma, tol, dtype)
+    else:
+        counts = _capped_counts(scores, k, method, gamma, tol, dtype)
     hist = np.zeros((scores.n_queries, k + 1), dtype=np.int64)
     np.add.at(hist, (scores.pair_query, np.minimum(counts, k)), 1)
     return float(objective.from_histograms(hist, scores.n_relevant).mean())
+
+
+def _line_counts(scores: ValidationScores, gamma: float, tol: float, dtype) -> np.ndarray:
+    """Per pair, the competitors at or above the answer at ``gamma`` on NUDGE-M's lines."""
+    counts = np.empty(len(scores.answer_cols), dtype=np.int64)
+    width = scores.sims.shape[1] + scores.others.shape[1]
+    for rows, q in _pair_blocks(scores, width, _BLOCK_ELEMENTS // 4):
+        pr, pc = _answer_cells(scores, rows, q)
+        dc, dm = _line_gaps(scores, rows, q, dtype)
+        diff = dc + np.asarray(gamma, dtype) * dm
+        diff[pr, pc] = -np.inf  # the query's own answers are not competitors
+        counts[rows] = (diff >= -tol).sum(axis=1)
+    return counts
+
+
+def _capped_counts(scores, k: int, method: str, gamma: float, tol: float, dtype) -> np.ndarray:
+    """Per pair, ``min(k, competitors at or above the answer)`` where competitors' scores do not
+    depend on the answer: at gamma 0 (both methods) and for NUDGE-N's curves.
+
+    Whether competitor ``s`` counts is ``s - answer >= -tol``, monotone in ``s``, so only each
+    query's ``k`` best competitors matter: they are found once per query instead of comparing
+    every competitor with every answer. Scores and differences are computed with the very
+    operations of the per-pair form, so the counts are the same to the last bit.
+    """
+    nq, nn = scores.sims.shape
+    theta = float(gamma_to_theta(gamma)) if method == "nudge-n" else 0.0
+    cols = scores.answer_cols
+    pair_query = scores.pair_query
+    if gamma == 0.0:
+        # Both methods score the original embeddings at gamma 0.
+        answer = np.where(
+            cols >= 0, _gather(scores.sims, pair_query, cols), scores.answer_static
+        ).astype(dtype)
+    else:
+        answer = _curve_at(_answer_curves(scores), np.full((len(cols), 1), theta))[:, 0]
+        angles = np.asarray(scores.angles, np.float64)[None, :]
+    counts = np.empty(len(cols), dtype=np.int64)
+    # Smaller blocks than the sweep's: the NUDGE-N path holds several float64 tables at once.
+    step = max(1, (_BLOCK_ELEMENTS // 4) // max(nn + scores.others.shape[1], 1))
+    for q0 in range(0, nq, step):
+        q1 = min(q0 + step, nq)
+        if gamma == 0.0:
+            comp = np.concatenate(
+                [scores.sims[q0:q1].astype(dtype), np.asarray(scores.others[q0:q1], dtype)], axis=1
+            )
+        else:
+            comp = np.concatenate(
+                [
+                    np.where(
+                        theta < angles,
+                        scores.sims[q0:q1].astype(np.float64) * np.cos(theta)
+                        + scores.tangents[q0:q1].astype(np.float64) * np.sin(theta),
+                        scores.pulls[q0:q1].astype(np.float64),
+                    ),
+                    np.asarray(scores.others[q0:q1], np.float64),
+                ],
+                axis=1,
+            )
+        p0, p1 = scores.answer_ptr[q0], scores.answer_ptr[q1]
+        own = cols[p0:p1] >= 0
+        comp[pair_query[p0:p1][own] - q0, cols[p0:p1][own]] = -np.inf  # not competitors
+        best = _largest(comp, k)
+        gap = best[pair_query[p0:p1] - q0] - answer[p0:p1, None]
+        counts[p0:p1] = (gap >= -tol).sum(axis=1)
+    return counts
 
 
 def _line_gaps(scores: ValidationScores, rows: np.ndarray, q: np.ndarray, dtype):
