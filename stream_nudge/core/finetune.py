@@ -22,9 +22,11 @@ __all__ = ["METHODS", "FineTuneResult", "ValidationReport", "fine_tune", "static
 METHODS = ("nudge-m", "nudge-n")
 
 # The corpus pass multiplies the validation queries by blocks of documents; a block's score table
-# is kept near this many float32 cells (4 MB) so memory stays flat with corpus size, and so that
-# the table is still in cache (L2 + L3) when it is masked and reduced right after the product.
-_PASS_CELLS = 1 << 20
+# is kept near this many float32 cells (16 MB) so memory stays flat with corpus size and the table
+# is still in the last-level cache when it is reduced right after the product. Smaller blocks
+# were no faster alone and much slower on a busy machine: every product is a barrier for the BLAS
+# threads, and one descheduled thread stalls it.
+_PASS_CELLS = 1 << 22
 
 # Per-document training sums add the first this many rows of each document one vectorised step
 # at a time; a document rarely has more training queries than this (clicks), and the rare longer
