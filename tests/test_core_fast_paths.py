@@ -8,11 +8,15 @@ from hypothesis import strategies as st
 
 from stream_nudge.core.finetune import _segment_sums
 from stream_nudge.core.geometry import gamma_to_theta
+from stream_nudge.core.objectives import parse_objective
 from stream_nudge.core.selection import (
     ValidationScores,
     _answer_curves,
+    _best_region,
     _capped_counts,
+    _crossings,
     _curve_at,
+    _curve_events,
     _tolerance,
 )
 
@@ -40,13 +44,17 @@ def test_segment_sums_are_the_sums_of_each_segment(lengths, dim, seed):
     assert np.array_equal(x, before)  # the input is not written into
 
 
+objectives_k = st.sampled_from(["hit@1", "hit@2", "mrr@3", "ndcg@3"])
+
+
 @st.composite
-def validation_scores(draw):
+def validation_scores(draw, max_nudged=6):
     """Random scores as fine_tune builds them, in float32 or float64, with exact ties forced."""
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     dtype = draw(st.sampled_from([np.float32, np.float64]))
-    nq, nn, width = draw(st.integers(1, 6)), draw(st.integers(0, 6)), draw(st.integers(1, 5))
+    nq, nn = draw(st.integers(1, 6)), draw(st.integers(0, max_nudged))
+    width = draw(st.integers(3, 5))
     # Values on a coarse grid half the time, so that competitors tie with answers exactly.
     grid = draw(st.booleans())
 
@@ -110,3 +118,82 @@ def test_capped_counts_from_the_best_k_equal_counting_every_competitor(scores, k
     got = _capped_counts(scores, k, method, gamma, tol, dtype)
     want = np.minimum(counts_pair_by_pair(scores, method, gamma, tol, dtype), k)
     assert np.array_equal(got, want)
+
+
+def unpruned_curve_events(scores, k, upper):
+    """NUDGE-N's count changes with every competitor of every pair, no cells and no dead pairs."""
+    tol = _tolerance(scores.sims.dtype)
+    answers = _answer_curves(scores)
+    n_pairs = len(scores.answer_cols)
+    init = np.zeros(n_pairs, dtype=np.int64)
+    ev_pair, ev_time, ev_delta = [np.zeros(0, np.int64)], [np.zeros(0)], [np.zeros(0, np.int64)]
+    for p, q in enumerate(scores.pair_query):
+        own = scores.answer_cols[scores.answer_ptr[q] : scores.answer_ptr[q + 1]]
+        cols = np.setdiff1d(np.arange(scores.sims.shape[1]), own)
+        others = scores.others[q][np.isfinite(scores.others[q])].astype(np.float64)
+        curves = np.concatenate(
+            [
+                np.stack(
+                    [
+                        scores.sims[q, cols],
+                        scores.tangents[q, cols],
+                        scores.angles[cols],
+                        scores.pulls[q, cols],
+                    ],
+                    axis=1,
+                ).astype(np.float64),
+                np.stack([others, np.zeros_like(others), np.zeros_like(others), others], axis=1),
+            ]
+        )
+        if len(curves) == 0:
+            continue
+        above0, rows, times, deltas = _crossings(
+            np.repeat(answers[p : p + 1], len(curves), axis=0), curves, upper, tol
+        )
+        init[p] = int(above0.sum())
+        ev_pair.append(np.full(len(rows), p, dtype=np.int64))
+        ev_time.append(times)
+        ev_delta.append(deltas)
+    return init, np.concatenate(ev_pair), np.concatenate(ev_time), np.concatenate(ev_delta)
+
+
+@st.composite
+def crowded_curves(draw):
+    """Many nudged documents around few queries, so that cells prune, pairs die and curves kink."""
+    scores = draw(validation_scores(max_nudged=40))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    # Angles bunched near cell edges as well as spread out, so that saturation lands inside
+    # cells, on edges and past the domain.
+    edges = np.linspace(0.0, np.pi / 2, 13)
+    near_edges = rng.choice(edges, size=len(scores.angles)) + rng.normal(
+        scale=1e-3, size=len(scores.angles)
+    )
+    angles = np.clip(
+        np.where(rng.random(len(scores.angles)) < 0.3, near_edges, scores.angles), 0, 2
+    )
+    # As fine_tune's scores are: a unit query sees (A, B) of length at most 1, and a document's
+    # score is continuous where it saturates (its pull is its turning score at its angle).
+    a, b = scores.sims.astype(np.float64), scores.tangents.astype(np.float64)
+    shrink = np.maximum(1.0, np.hypot(a, b))
+    a, b = a / shrink, b / shrink
+    pulls = a * np.cos(angles) + b * np.sin(angles)
+    dtype = scores.sims.dtype
+    return ValidationScores(
+        **{
+            **scores.__dict__,
+            "sims": a.astype(dtype),
+            "tangents": b.astype(dtype),
+            "pulls": pulls.astype(dtype),
+            "angles": angles,
+        }
+    )
+
+
+@SETTINGS
+@given(crowded_curves(), objectives_k)
+def test_nudge_n_pruning_gives_the_best_region_of_all_competitors(scores, objective):
+    obj = parse_objective(objective)
+    upper = float(gamma_to_theta(2.0))
+    pruned = _best_region(scores, obj, upper, *_curve_events(scores, obj.k, upper))
+    unpruned = _best_region(scores, obj, upper, *unpruned_curve_events(scores, obj.k, upper))
+    assert pruned == unpruned
