@@ -10,6 +10,7 @@ from stream_nudge.core.finetune import _segment_sums
 from stream_nudge.core.geometry import gamma_to_theta
 from stream_nudge.core.objectives import parse_objective
 from stream_nudge.core.selection import (
+    _CELLS,
     ValidationScores,
     _answer_curves,
     _best_region,
@@ -164,7 +165,7 @@ def crowded_curves(draw):
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     # Angles bunched near cell edges as well as spread out, so that saturation lands inside
     # cells, on edges and past the domain.
-    edges = np.linspace(0.0, np.pi / 2, 13)
+    edges = np.linspace(0.0, np.pi / 2, _CELLS + 1)
     near_edges = rng.choice(edges, size=len(scores.angles)) + rng.normal(
         scale=1e-3, size=len(scores.angles)
     )
