@@ -436,8 +436,7 @@ def _curve_events(scores: ValidationScores, k: int, upper: float):
             best_other = _largest(block_others, k).min(axis=1)
         # `cur` holds the scores at the cell's left edge, `nxt` at its right edge.
         cur, nxt, tmp = a.copy(), np.empty_like(a), np.empty_like(a)
-        # The best edge difference to a live answer over all edges; compared once at the end.
-        reach_best = np.full(a.shape, -np.inf, dtype=dtype)
+        near = np.empty(a.shape, dtype=bool)
         block_keep = keep[q0:q1]
         # The previous cell's lowest live answer at its right edge (this cell's left edge).
         low_before = np.full(nb, np.inf)
@@ -470,8 +469,10 @@ def _curve_events(scores: ValidationScores, k: int, upper: float):
             # difference at the edges, where both curves are smooth through the cell. An edge is
             # shared by two cells, so it is tested once, against the lower of their two answers
             # (max(s - x, s - y) = s - min(x, y)); the right edge waits for the next cell.
-            np.subtract(cur, np.minimum(low_before, low_left).astype(dtype)[:, None], out=tmp)
-            np.maximum(reach_best, tmp, out=reach_best)
+            # The comparison runs on float32 scores against a threshold rounded to float32, which
+            # moves it by half a unit in the last place, far inside the `tol` in its margin.
+            reach = (np.minimum(low_before, low_left) - (slack2 + tol)).astype(dtype)[:, None]
+            block_keep |= np.greater_equal(cur, reach, out=near)
             low_before = low_right
             # ... and the range test where a document or an answer saturates inside the cell.
             kinked_rows = np.unique(pq[lp[ans_kink[p0 + lp, c]]])
@@ -489,9 +490,9 @@ def _curve_events(scores: ValidationScores, k: int, upper: float):
                 block_keep[kinked_rows] |= reach >= limit[kinked_rows]
             keep_others[q0:q1] |= block_others >= (low_cell - tol)[:, None]
             cur, nxt = nxt, cur
-        np.subtract(cur, low_before.astype(dtype)[:, None], out=tmp)
-        np.maximum(reach_best, tmp, out=reach_best)
-        block_keep |= reach_best >= -(slack2 + tol)
+        block_keep |= np.greater_equal(
+            cur, (low_before - (slack2 + tol)).astype(dtype)[:, None], out=near
+        )
         block_keep[cell_r, cell_c] = False
     keep_others &= np.isfinite(others)
 
