@@ -468,11 +468,11 @@ def _curve_events(scores: ValidationScores, k: int, upper: float):
             # A document matters here only if it may get above a live answer: sharp test on the
             # difference at the edges, where both curves are smooth through the cell. An edge is
             # shared by two cells, so it is tested once, against the lower of their two answers
-            # (max(s - x, s - y) = s - min(x, y)); the right edge waits for the next cell.
-            # The comparison runs on float32 scores against a threshold rounded to float32, which
-            # moves it by half a unit in the last place, far inside the `tol` in its margin.
-            reach = (np.minimum(low_before, low_left) - (slack2 + tol)).astype(dtype)[:, None]
-            block_keep |= np.greater_equal(cur, reach, out=near)
+            # (a score comes near x or y when it comes near min(x, y)); the right edge waits for
+            # the next cell. The comparison runs on float32 scores against a limit rounded to
+            # float32, which moves it by half a unit in the last place, far inside its `tol`.
+            edge_limit = (np.minimum(low_before, low_left) - (slack2 + tol)).astype(dtype)
+            block_keep |= np.greater_equal(cur, edge_limit[:, None], out=near)
             low_before = low_right
             # ... and the range test where a document or an answer saturates inside the cell.
             kinked_rows = np.unique(pq[lp[ans_kink[p0 + lp, c]]])
