@@ -442,11 +442,11 @@ def _curve_events(scores: ValidationScores, k: int, upper: float):
         low_before = np.full(nb, np.inf)
         for c in range(_CELLS):
             # Scores at the cell's right edge, flat where the document has saturated.
-            np.multiply(a, cos_d[c + 1], out=nxt)
-            np.multiply(b, sin_d[c + 1], out=tmp)
-            nxt += tmp
-            saturated = saturated_upto[c + 1]
-            nxt[:, :saturated] = flat[:, :saturated]
+            sat = saturated_upto[c + 1]
+            nxt[:, :sat] = flat[:, :sat]
+            np.multiply(a[:, sat:], cos_d[c + 1], out=nxt[:, sat:])
+            np.multiply(b[:, sat:], sin_d[c + 1], out=tmp[:, sat:])
+            nxt[:, sat:] += tmp[:, sat:]
             # The k-th best score that non-answers surely reach everywhere in the cell; an answer
             # below it all through the cell is dead there.
             np.minimum(cur, nxt, out=tmp)
