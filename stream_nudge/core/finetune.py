@@ -309,7 +309,8 @@ def static_others(v_unit, embeddings, col_of, val_ptr, val_rows, k, raw=None):
     by_row = np.argsort(answer_rows, kind="stable")
     answer_rows, answer_q = answer_rows[by_row], answer_q[by_row]
     rank = np.cumsum(untouched) - 1
-    block = max(256, _PASS_CELLS // max(n_val, 1))
+    # Bounded by both tables of a block: its scores (rows x n_val) and its rows (rows x dim).
+    block = max(256, _PASS_CELLS // max(n_val, embeddings.shape[1], 1))
     v_t = np.ascontiguousarray(v_unit.T)
     # One table and one row buffer for all blocks: fresh ones per block would be fresh pages to
     # fault in each time.
@@ -325,7 +326,11 @@ def static_others(v_unit, embeddings, col_of, val_ptr, val_rows, k, raw=None):
         if len(local) == stop - start:
             rows = embeddings[start:stop]
         else:
-            rows = np.take(embeddings[start:stop], local, axis=0, out=rows_buffer[: len(local)])
+            # The indices are in range by construction; with the default mode="raise", numpy
+            # would write into a temporary and copy it to `out`.
+            rows = np.take(
+                embeddings[start:stop], local, axis=0, out=rows_buffer[: len(local)], mode="clip"
+            )
         table = np.matmul(rows, v_t, out=table_buffer[: len(local)])
         lo, hi = np.searchsorted(answer_rows, [start, stop])
         table[rank[answer_rows[lo:hi]] - rank[start + local[0]], answer_q[lo:hi]] = -np.inf
