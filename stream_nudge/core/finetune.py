@@ -216,7 +216,7 @@ def _segment_sums(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
     than ``_DIRECT_ROWS`` hand their tails to ``reduceat`` so that one hot document cannot cost a
     Python step per query. The order of the additions is not reduceat's; it does not matter while
     the float64 sums are exact, as they are for a few float32 rows (unit weights) whose
-    coordinates span less than 2**29, and otherwise changes a sum in its last bit at most.
+    coordinates span less than 2**29, and otherwise moves a sum by rounding only (a few ulps).
     """
     lengths = np.diff(np.r_[starts, len(x)])
     sums = x[starts]
