@@ -4,7 +4,9 @@
     python benchmarks/bench_fine_tune.py --docs 20000 --train 2000 --val 200   # a quick look
 
 Each timing is the median of ``--repeat`` runs; the product is timed the same way in the same run,
-so the ratio is what to read on a shared machine. Peak memory is what tracemalloc sees numpy
+so the ratio is what to read on a shared machine. The runs are interleaved (one product, one corpus
+pass, one call per method, then again), so that a neighbour's load, which comes and goes over
+seconds, weighs on the baseline and on the calls alike. Peak memory is what tracemalloc sees numpy
 allocate during one call (the input corpus itself excluded), as a multiple of the corpus array.
 """
 
@@ -53,13 +55,16 @@ def synthetic(n_docs, dim, n_train, n_val, seed=0):
     return docs, train, train_ans, val, val_ans
 
 
-def timed(fn, repeat):
-    times = []
+def timed_rounds(fns, repeat):
+    """Median seconds and last result of each of ``fns``, called in turn ``repeat`` times."""
+    times = {name: [] for name in fns}
+    outs = {}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}, outs
 
 
 def main(argv=None):
@@ -76,7 +81,26 @@ def main(argv=None):
 
     docs, train, train_ans, val, val_ans = synthetic(a.docs, a.dim, a.train, a.val)
     corpus_bytes = docs.nbytes
-    product_s, _ = timed(lambda: val @ docs.T, a.repeat)
+    # The part of fine_tune that reads the corpus: normalise it and score it (hit@1: k = 1).
+    t_ptr, t_rows = _answers("train_answers", train_ans, len(train), len(docs))
+    v_ptr, v_rows = _answers("val_answers", val_ans, len(val), len(docs))
+    nudged, _ = query_directions(train, t_ptr, t_rows, np.ones(len(train)), len(docs))
+    col_of = np.full(len(docs), -1, dtype=np.int64)
+    col_of[nudged] = np.arange(len(nudged))
+    v_unit = unit_rows(val)[0]
+    methods = ("nudge-m", "nudge-n")
+
+    def product():
+        val @ docs.T  # the table is dropped at once, as each round's was before
+
+    def corpus_pass():
+        static_others(v_unit, np.empty_like(docs), col_of, v_ptr, v_rows, 1, raw=docs)
+
+    fns = {"product": product, "pass": corpus_pass}
+    for method in methods:
+        fns[method] = lambda m=method: fine_tune(docs, train, train_ans, val, val_ans, method=m)
+    seconds, outs = timed_rounds(fns, a.repeat)
+    product_s = seconds["product"]
     results = {
         "shape": {"docs": a.docs, "dim": a.dim, "train": a.train, "val": a.val},
         "product_seconds": product_s,
@@ -85,30 +109,18 @@ def main(argv=None):
         f"corpus {a.docs} x {a.dim} float32 ({corpus_bytes / 2**20:.0f} MiB), {a.train} train, {a.val} val"
     )
     print(f"one (val x corpus) float32 product: {product_s:.3f} s (median of {a.repeat})")
-    # The part of fine_tune that reads the corpus: normalise it and score it (hit@1: k = 1).
-    t_ptr, t_rows = _answers("train_answers", train_ans, len(train), len(docs))
-    v_ptr, v_rows = _answers("val_answers", val_ans, len(val), len(docs))
-    nudged, _ = query_directions(train, t_ptr, t_rows, np.ones(len(train)), len(docs))
-    col_of = np.full(len(docs), -1, dtype=np.int64)
-    col_of[nudged] = np.arange(len(nudged))
-    v_unit = unit_rows(val)[0]
-    pass_s, _ = timed(
-        lambda: static_others(v_unit, np.empty_like(docs), col_of, v_ptr, v_rows, 1, raw=docs),
-        a.repeat,
-    )
+    pass_s = seconds["pass"]
     results["corpus_pass_seconds"] = pass_s
     print(f"of which its corpus pass: {pass_s:.3f} s = {pass_s / product_s:.2f}x the product")
-    for method in ("nudge-m", "nudge-n"):
-        seconds, result = timed(
-            lambda m=method: fine_tune(docs, train, train_ans, val, val_ans, method=m), a.repeat
-        )
+    for method in methods:
+        result = outs[method]
         tracemalloc.start()
         fine_tune(docs, train, train_ans, val, val_ans, method=method)
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         results[method] = {
-            "seconds": seconds,
-            "ratio_to_product": seconds / product_s,
+            "seconds": seconds[method],
+            "ratio_to_product": seconds[method] / product_s,
             "peak_bytes": peak,
             "peak_ratio_to_corpus": peak / corpus_bytes,
             "gamma": result.gamma,
@@ -117,7 +129,7 @@ def main(argv=None):
             "nudged": result.nudged,
         }
         print(
-            f"{method}: {seconds:.3f} s = {seconds / product_s:.2f}x the product; "
+            f"{method}: {seconds[method]:.3f} s = {seconds[method] / product_s:.2f}x the product; "
             f"peak {peak / 2**20:.0f} MiB = {peak / corpus_bytes:.2f}x the corpus; "
             f"gamma {result.gamma:.4f}, hit@1 {result.validation.before:.3f} -> {result.validation.after:.3f}"
         )

@@ -22,8 +22,16 @@ __all__ = ["METHODS", "FineTuneResult", "ValidationReport", "fine_tune", "static
 METHODS = ("nudge-m", "nudge-n")
 
 # The corpus pass multiplies the validation queries by blocks of documents; a block's score table
-# is kept near this many float32 cells (32 MB) so memory stays flat with corpus size.
-_PASS_CELLS = 1 << 23
+# is kept near this many float32 cells (16 MB) so memory stays flat with corpus size and the table
+# is still in the last-level cache when it is reduced right after the product. Smaller blocks
+# were no faster alone and much slower on a busy machine: every product is a barrier for the BLAS
+# threads, and one descheduled thread stalls it.
+_PASS_CELLS = 1 << 22
+
+# Per-document training sums add the first this many rows of each document one vectorised step
+# at a time; a document rarely has more training queries than this (clicks), and the rare longer
+# ones go through np.add.reduceat.
+_DIRECT_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -194,9 +202,35 @@ def query_directions(queries, ptr, rows, weights, n_docs):
         w = weights / (np.abs(weights).max(initial=0.0) or 1.0)
         contrib *= w[q_of_pair[order]][:, None]
     starts = np.flatnonzero(np.r_[True, doc_sorted[1:] != doc_sorted[:-1]])
-    sums = np.add.reduceat(contrib, starts, axis=0)
+    sums = _segment_sums(contrib, starts)
     directions, nonzero = unit_rows(sums, out=np.empty_like(sums))
     return doc_sorted[starts][nonzero], directions[nonzero]
+
+
+def _segment_sums(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Row sums of ``x`` over the segments that begin at ``starts`` (sorted, ``starts[0] == 0``).
+
+    ``np.add.reduceat`` does this, but row-wise on a 2-d array it is several times slower than
+    adding the j-th row of every segment at once, and a document has only a few training queries
+    (clicks): rows are added in order, one vectorised step per position, while segments longer
+    than ``_DIRECT_ROWS`` hand their tails to ``reduceat`` so that one hot document cannot cost a
+    Python step per query. The order of the additions is not reduceat's; it does not matter while
+    the float64 sums are exact, as they are for a few float32 rows (unit weights) whose
+    coordinates span less than 2**29, and otherwise moves a sum by rounding only (a few ulps).
+    """
+    lengths = np.diff(np.r_[starts, len(x)])
+    sums = x[starts]
+    for j in range(1, min(int(lengths.max(initial=0)), _DIRECT_ROWS)):
+        longer = np.flatnonzero(lengths > j)
+        sums[longer] += x[starts[longer] + j]
+    long = np.flatnonzero(lengths > _DIRECT_ROWS)
+    if len(long):
+        # The rows past the first _DIRECT_ROWS of each long segment, segment after segment.
+        tail = lengths[long] - _DIRECT_ROWS
+        first = np.repeat(starts[long] + _DIRECT_ROWS - np.cumsum(tail) + tail, tail)
+        rows = first + np.arange(tail.sum())
+        sums[long] += np.add.reduceat(x[rows], np.cumsum(tail) - tail, axis=0)
+    return sums
 
 
 def build_scores(
@@ -259,35 +293,58 @@ def static_others(v_unit, embeddings, col_of, val_ptr, val_rows, k, raw=None):
     """One pass over the corpus: scores against nudged documents, and the best ``k`` others.
 
     Returns ``(sims [n_val, n_nudged], others [n_val, k])``; ``others`` leaves out nudged documents
-    and each query's own answers. Blocks are scored documents-by-queries, so that leaving out a
-    document is writing one contiguous row. With ``raw`` given, each block of it is first checked
-    (finite, non-zero) and normalised into ``embeddings``: the corpus is read once, not twice.
+    and each query's own answers. With ``raw`` given, each block of it is first checked (finite,
+    non-zero) and normalised into ``embeddings``: the corpus is read once, not twice. Nudged
+    documents are left out of the blocks' products (they would only be masked out again) and scored
+    by one product of their own at the end, which gives ``sims`` in its final layout.
     """
     n_val = v_unit.shape[0]
     n_docs = embeddings.shape[0]
-    n_nudged = int((col_of >= 0).sum())
     dtype = np.result_type(v_unit, embeddings)
-    sims_t = np.empty((n_nudged, n_val), dtype=dtype)
     others = np.full((k, n_val), -np.inf, dtype=dtype)
+    untouched = col_of < 0
     pair_q = np.repeat(np.arange(n_val), np.diff(val_ptr))
-    block = max(256, _PASS_CELLS // max(n_val, 1))
+    # Untouched answers, sorted by document, so that a block's are one slice; a document's row in
+    # its block's table is its rank among untouched documents minus that of the block's first.
+    keep_answer = untouched[val_rows]
+    answer_rows, answer_q = val_rows[keep_answer], pair_q[keep_answer]
+    by_row = np.argsort(answer_rows, kind="stable")
+    answer_rows, answer_q = answer_rows[by_row], answer_q[by_row]
+    rank = np.cumsum(untouched) - 1
+    # Bounded by both tables of a block: its scores (rows x n_val) and its rows (rows x dim).
+    block = max(256, _PASS_CELLS // max(n_val, embeddings.shape[1], 1))
     v_t = np.ascontiguousarray(v_unit.T)
+    # One table and one row buffer for all blocks: fresh ones per block would be fresh pages to
+    # fault in each time.
+    table_buffer = np.empty((min(block, n_docs), n_val), dtype=dtype)
+    rows_buffer = np.empty((min(block, n_docs), embeddings.shape[1]), dtype=embeddings.dtype)
     for start in range(0, n_docs, block):
         stop = min(start + block, n_docs)
         if raw is not None:
             _normalise_block(raw, embeddings, start, stop)
-        table = embeddings[start:stop] @ v_t
-        local = np.flatnonzero(col_of[start:stop] >= 0)
-        sims_t[col_of[start + local]] = table[local]
-        table[local] = -np.inf
-        inside = (val_rows >= start) & (val_rows < stop)
-        table[val_rows[inside] - start, pair_q[inside]] = -np.inf
+        local = np.flatnonzero(untouched[start:stop])
+        if len(local) == 0:
+            continue
+        if len(local) == stop - start:
+            rows = embeddings[start:stop]
+        else:
+            # The indices are in range by construction; with the default mode="raise", numpy
+            # would write into a temporary and copy it to `out`.
+            rows = np.take(
+                embeddings[start:stop], local, axis=0, out=rows_buffer[: len(local)], mode="clip"
+            )
+        table = np.matmul(rows, v_t, out=table_buffer[: len(local)])
+        lo, hi = np.searchsorted(answer_rows, [start, stop])
+        table[rank[answer_rows[lo:hi]] - rank[start + local[0]], answer_q[lo:hi]] = -np.inf
         if k == 1:
             np.maximum(others[0], table.max(axis=0, initial=-np.inf), out=others[0])
         else:
             best = _top(table.T, k)
             others = _top(np.concatenate([others.T, best], axis=1), k).T
-    return np.ascontiguousarray(sims_t.T), np.ascontiguousarray(others.T)
+    nudged = np.flatnonzero(~untouched)
+    nudged = nudged[np.argsort(col_of[nudged])]
+    sims = np.matmul(v_unit, embeddings[nudged].T).astype(dtype, copy=False)
+    return sims, np.ascontiguousarray(others.T)
 
 
 def _normalise_block(raw, embeddings, start, stop):

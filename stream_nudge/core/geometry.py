@@ -146,9 +146,13 @@ def rotation(docs: np.ndarray, directions: np.ndarray) -> Rotation:
     w = g - cos[:, None] * d
     sin = np.sqrt(np.einsum("ij,ij->i", w, w))
     has_g = np.einsum("ij,ij->i", g, g) > 0
-    tangent = np.zeros_like(d)
     regular = has_g & (sin > _TANGENT_EPS)
-    tangent[regular] = w[regular] / sin[regular, None]
+    if regular.all():
+        # The usual case: one division instead of masked copies in and out.
+        tangent = w / sin[:, None]
+    else:
+        tangent = np.zeros_like(d)
+        tangent[regular] = w[regular] / sin[regular, None]
     # When g is nearly (anti)parallel to d, w is a small difference of large terms and keeps a
     # rounding-sized component along d; a second Gram-Schmidt step removes it, so that the turn
     # stays on the sphere and within the constraint to the last bits.

@@ -53,8 +53,12 @@ def _tolerance(dtype) -> float:
 _OPEN_STEP = 0.1
 
 # NUDGE-N's pruning cuts the angle domain into this many cells and scans the validation queries in
-# blocks of this many rows; 8 cells of 11 degrees bound a score within 0.5% of its end values.
-_CELLS = 12
+# blocks of this many rows. Over 90 degrees, 14 cells of 6.4 degrees let a score stray at most
+# 1 - cos(3.2 deg) = 0.0016 past its end values; fewer cells keep many more candidates for the
+# exact crossings (4x more at 8 cells), more cells cost a pass over the scores each (12 to 16
+# cells are within 10% on the benchmark, 14 the fastest). A block of 32 queries keeps a block's
+# tables (32 x n_nudged float32 each) in cache without paying Python's per-call cost too often.
+_CELLS = 14
 _QUERY_BLOCK = 32
 
 # Change points closer than this (relative) are one point. Two curves that touch, or three that
@@ -170,37 +174,79 @@ def objective_at(
         return 0.0
     k = objective.k
     tol = _tolerance(scores.sims.dtype)
-    theta = float(gamma_to_theta(gamma)) if method == "nudge-n" else 0.0
     dtype = np.result_type(scores.sims.dtype, np.float32)
-    counts = np.empty(len(scores.answer_cols), dtype=np.int64)
-    # Smaller blocks than the sweep's: the NUDGE-N path holds several float64 tables at once.
-    width = scores.sims.shape[1] + scores.others.shape[1]
-    for rows, q in _pair_blocks(scores, width, _BLOCK_ELEMENTS // 4):
-        pr, pc = _answer_cells(scores, rows, q)
-        if method == "nudge-m" or gamma == 0.0:
-            # At gamma 0 both methods score the original embeddings: the line form, slope unused.
-            dc, dm = _line_gaps(scores, rows, q, dtype)
-            diff = dc + np.asarray(gamma, dtype) * dm
-        else:
-            answer = _answer_curves(scores, rows)
-            comp = np.concatenate(
-                [
-                    np.where(
-                        theta < np.asarray(scores.angles, np.float64)[None, :],
-                        np.take(scores.sims, q, axis=0).astype(np.float64) * np.cos(theta)
-                        + np.take(scores.tangents, q, axis=0).astype(np.float64) * np.sin(theta),
-                        np.take(scores.pulls, q, axis=0).astype(np.float64),
-                    ),
-                    np.asarray(scores.others, np.float64)[q],
-                ],
-                axis=1,
-            )
-            diff = comp - _curve_at(answer, np.full((len(rows), 1), theta))
-        diff[pr, pc] = -np.inf  # the query's own answers are not competitors
-        counts[rows] = (diff >= -tol).sum(axis=1)
+    if method == "nudge-m" and gamma != 0.0:
+        counts = _line_counts(scores, gamma, tol, dtype)
+    else:
+        counts = _capped_counts(scores, k, method, gamma, tol, dtype)
     hist = np.zeros((scores.n_queries, k + 1), dtype=np.int64)
     np.add.at(hist, (scores.pair_query, np.minimum(counts, k)), 1)
     return float(objective.from_histograms(hist, scores.n_relevant).mean())
+
+
+def _line_counts(scores: ValidationScores, gamma: float, tol: float, dtype) -> np.ndarray:
+    """Per pair, the competitors at or above the answer at ``gamma`` on NUDGE-M's lines."""
+    counts = np.empty(len(scores.answer_cols), dtype=np.int64)
+    width = scores.sims.shape[1] + scores.others.shape[1]
+    for rows, q in _pair_blocks(scores, width, _BLOCK_ELEMENTS // 4):
+        pr, pc = _answer_cells(scores, rows, q)
+        dc, dm = _line_gaps(scores, rows, q, dtype)
+        diff = dc + np.asarray(gamma, dtype) * dm
+        diff[pr, pc] = -np.inf  # the query's own answers are not competitors
+        counts[rows] = (diff >= -tol).sum(axis=1)
+    return counts
+
+
+def _capped_counts(scores, k: int, method: str, gamma: float, tol: float, dtype) -> np.ndarray:
+    """Per pair, ``min(k, competitors at or above the answer)`` where competitors' scores do not
+    depend on the answer: at gamma 0 (both methods) and for NUDGE-N's curves.
+
+    Whether competitor ``s`` counts is ``s - answer >= -tol``, monotone in ``s``, so only each
+    query's ``k`` best competitors matter: they are found once per query instead of comparing
+    every competitor with every answer. Scores and differences are computed with the very
+    operations of the per-pair form, so the counts are the same to the last bit.
+    """
+    nq, nn = scores.sims.shape
+    theta = float(gamma_to_theta(gamma)) if method == "nudge-n" else 0.0
+    cols = scores.answer_cols
+    pair_query = scores.pair_query
+    if gamma == 0.0:
+        # Both methods score the original embeddings at gamma 0.
+        answer = np.where(
+            cols >= 0, _gather(scores.sims, pair_query, cols), scores.answer_static
+        ).astype(dtype)
+    else:
+        answer = _curve_at(_answer_curves(scores), np.full((len(cols), 1), theta))[:, 0]
+        angles = np.asarray(scores.angles, np.float64)[None, :]
+    counts = np.empty(len(cols), dtype=np.int64)
+    # Smaller blocks than the sweep's: the NUDGE-N path holds several float64 tables at once.
+    step = max(1, (_BLOCK_ELEMENTS // 4) // max(nn + scores.others.shape[1], 1))
+    for q0 in range(0, nq, step):
+        q1 = min(q0 + step, nq)
+        if gamma == 0.0:
+            comp = np.concatenate(
+                [scores.sims[q0:q1].astype(dtype), np.asarray(scores.others[q0:q1], dtype)], axis=1
+            )
+        else:
+            comp = np.concatenate(
+                [
+                    np.where(
+                        theta < angles,
+                        scores.sims[q0:q1].astype(np.float64) * np.cos(theta)
+                        + scores.tangents[q0:q1].astype(np.float64) * np.sin(theta),
+                        scores.pulls[q0:q1].astype(np.float64),
+                    ),
+                    np.asarray(scores.others[q0:q1], np.float64),
+                ],
+                axis=1,
+            )
+        p0, p1 = scores.answer_ptr[q0], scores.answer_ptr[q1]
+        own = cols[p0:p1] >= 0
+        comp[pair_query[p0:p1][own] - q0, cols[p0:p1][own]] = -np.inf  # not competitors
+        best = _largest(comp, k)
+        gap = best[pair_query[p0:p1] - q0] - answer[p0:p1, None]
+        counts[p0:p1] = (gap >= -tol).sum(axis=1)
+    return counts
 
 
 def _line_gaps(scores: ValidationScores, rows: np.ndarray, q: np.ndarray, dtype):
@@ -214,12 +260,15 @@ def _line_gaps(scores: ValidationScores, rows: np.ndarray, q: np.ndarray, dtype)
     nudged = cols >= 0
     c_a = np.where(nudged, _gather(scores.sims, q, cols), scores.answer_static[rows]).astype(dtype)
     m_a = np.where(nudged, _gather(scores.pulls, q, cols), 0.0).astype(dtype)
-    others = np.asarray(scores.others, dtype)[q]
-    dc = np.concatenate([np.take(scores.sims, q, axis=0).astype(dtype, copy=False), others], axis=1)
-    dc -= c_a[:, None]
-    dm = np.zeros_like(dc)
-    dm[:, : scores.sims.shape[1]] = np.take(scores.pulls, q, axis=0)
-    dm -= m_a[:, None]
+    nn = scores.sims.shape[1]
+    # Differences written straight into their place: one pass per table instead of a gather, a
+    # concatenation and a subtraction. Untouched competitors have slope 0, so their dm is -m_a.
+    dc = np.empty((len(rows), nn + scores.others.shape[1]), dtype=dtype)
+    np.subtract(np.take(scores.sims, q, axis=0), c_a[:, None], out=dc[:, :nn])
+    np.subtract(np.asarray(scores.others, dtype)[q], c_a[:, None], out=dc[:, nn:])
+    dm = np.empty_like(dc)
+    np.subtract(np.take(scores.pulls, q, axis=0), m_a[:, None], out=dm[:, :nn])
+    dm[:, nn:] = -m_a[:, None]
     dm[np.abs(dm) <= _tolerance(scores.sims.dtype)] = 0.0
     return dc, dm
 
@@ -284,8 +333,9 @@ def _line_events(scores: ValidationScores, k: int, upper: float):
             t /= dm
         rises &= t < upper
         t_fall = _largest(np.where(falls, t, -np.inf), k)
-        t_rise = -_largest(np.where(rises, -t, -np.inf), k)
-        init[rows] = always.sum(axis=1) + np.isfinite(t_fall).sum(axis=1)
+        t_rise = _smallest(np.where(rises, t, np.inf), k)
+        falling = np.count_nonzero(np.isfinite(t_fall), axis=1)
+        init[rows] = np.count_nonzero(always, axis=1) + falling
         # A fall past the upper end never happens inside the domain: the line stays above.
         for table, delta in ((t_fall, -1), (t_rise, +1)):
             r, c = np.nonzero(np.isfinite(table) & (table < upper))
@@ -293,6 +343,15 @@ def _line_events(scores: ValidationScores, k: int, upper: float):
             ev_time.append(table[r, c].astype(np.float64))
             ev_delta.append(np.full(len(r), delta, dtype=np.int64))
     return init, np.concatenate(ev_pair), np.concatenate(ev_time), np.concatenate(ev_delta)
+
+
+def _smallest(x: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` smallest entries of each row (any order), padded with ``inf``."""
+    if x.shape[1] < k:
+        x = np.concatenate([x, np.full((x.shape[0], k - x.shape[1]), np.inf)], axis=1)
+    if k == 1:
+        return x.min(axis=1, keepdims=True)
+    return np.partition(x, k - 1, axis=1)[:, :k]
 
 
 def _largest(x: np.ndarray, k: int) -> np.ndarray:
@@ -339,42 +398,58 @@ def _curve_events(scores: ValidationScores, k: int, upper: float):
     ans_kink = (answer[:, 2][:, None] > edges[None, :-1]) & (
         answer[:, 2][:, None] < edges[None, 1:]
     )
-    doc_kink = (angles[None, :] > edges[:-1, None]) & (angles[None, :] < edges[1:, None])
+    # Blocks hold the documents in order of their saturation angle: those saturated at an edge are
+    # then a leading run of columns, and those saturating inside a cell a contiguous run, so both
+    # are slices instead of masked or gathered copies, which cost ten times more.
+    by_angle = np.argsort(angles, kind="stable")
+    column_of = np.empty(nn, dtype=np.int64)
+    column_of[by_angle] = np.arange(nn)
+    sorted_angles = angles[by_angle]
+    saturated_upto = np.searchsorted(sorted_angles, edges, side="right")
+    kink_from = saturated_upto[:-1]
+    kink_to = np.searchsorted(sorted_angles, edges[1:], side="left")
 
     others = np.asarray(scores.others)
-    keep = np.zeros((nq, nn), dtype=bool)
+    keep = np.zeros((nq, nn), dtype=bool)  # columns in order of angle
     keep_others = np.zeros(others.shape, dtype=bool)
     dead = np.zeros((n_pairs, _CELLS), dtype=bool)
     cos_e, sin_e = np.cos(edges), np.sin(edges)
     dtype = np.result_type(scores.sims.dtype, np.float32)
+    # The same in the scores' own dtype: a float64 scalar would make numpy compute every product
+    # with a float32 table in float64 and cast back, three times slower; the rounding this adds
+    # is one unit in the last place, far inside `tol`.
+    cos_d, sin_d = cos_e.astype(dtype), sin_e.astype(dtype)
     for q0 in range(0, nq, _QUERY_BLOCK):
         q1 = min(q0 + _QUERY_BLOCK, nq)
         nb = q1 - q0
-        a = np.asarray(scores.sims[q0:q1], dtype)
-        b = np.asarray(scores.tangents[q0:q1], dtype)
-        flat = np.asarray(scores.pulls[q0:q1], dtype)
+        a = np.take(scores.sims[q0:q1], by_angle, axis=1).astype(dtype, copy=False)
+        b = np.take(scores.tangents[q0:q1], by_angle, axis=1).astype(dtype, copy=False)
+        flat = np.take(scores.pulls[q0:q1], by_angle, axis=1).astype(dtype, copy=False)
         p0, p1 = scores.answer_ptr[q0], scores.answer_ptr[q1]
         pq = pair_query[p0:p1] - q0
         cols = scores.answer_cols[p0:p1]
-        cell_r, cell_c = pq[cols >= 0], cols[cols >= 0]
+        cell_r, cell_c = pq[cols >= 0], column_of[cols[cols >= 0]]
         block_others = others[q0:q1]
         if k == 1:
             best_other = block_others.max(axis=1, initial=-np.inf)
         else:
             best_other = _largest(block_others, k).min(axis=1)
-        prev, nxt, tmp = a.copy(), np.empty_like(a), np.empty_like(a)
-        # The best edge difference to a live answer over all cells; compared once at the end.
-        reach_best = np.full(a.shape, -np.inf, dtype=dtype)
+        # `cur` holds the scores at the cell's left edge, `nxt` at its right edge.
+        cur, nxt, tmp = a.copy(), np.empty_like(a), np.empty_like(a)
+        near = np.empty(a.shape, dtype=bool)
         block_keep = keep[q0:q1]
+        # The previous cell's lowest live answer at its right edge (this cell's left edge).
+        low_before = np.full(nb, np.inf)
         for c in range(_CELLS):
             # Scores at the cell's right edge, flat where the document has saturated.
-            np.multiply(a, cos_e[c + 1], out=nxt)
-            np.multiply(b, sin_e[c + 1], out=tmp)
-            nxt += tmp
-            np.copyto(nxt, flat, where=(edges[c + 1] >= angles)[None, :])
+            sat = saturated_upto[c + 1]
+            nxt[:, :sat] = flat[:, :sat]
+            np.multiply(a[:, sat:], cos_d[c + 1], out=nxt[:, sat:])
+            np.multiply(b[:, sat:], sin_d[c + 1], out=tmp[:, sat:])
+            nxt[:, sat:] += tmp[:, sat:]
             # The k-th best score that non-answers surely reach everywhere in the cell; an answer
             # below it all through the cell is dead there.
-            np.minimum(prev, nxt, out=tmp)
+            np.minimum(cur, nxt, out=tmp)
             tmp[cell_r, cell_c] = -np.inf
             if k == 1:
                 floor = np.maximum(tmp.max(axis=1, initial=-np.inf) - slack, best_other)
@@ -391,29 +466,33 @@ def _curve_events(scores: ValidationScores, k: int, upper: float):
             np.minimum.at(low_right, pq[lp], at_edges[p0 + lp, c + 1])
             np.minimum.at(low_cell, pq[lp], ans_low[p0 + lp, c])
             # A document matters here only if it may get above a live answer: sharp test on the
-            # difference at the edges, where both curves are smooth through the cell ...
-            np.subtract(prev, low_left.astype(dtype)[:, None], out=tmp)
-            np.subtract(nxt, low_right.astype(dtype)[:, None], out=prev)
-            np.maximum(tmp, prev, out=tmp)
-            np.maximum(reach_best, tmp, out=reach_best)
+            # difference at the edges, where both curves are smooth through the cell. An edge is
+            # shared by two cells, so it is tested once, against the lower of their two answers
+            # (a score comes near x or y when it comes near min(x, y)); the right edge waits for
+            # the next cell. The comparison runs on float32 scores against a limit rounded to
+            # float32, which moves it by half a unit in the last place, far inside its `tol`.
+            edge_limit = (np.minimum(low_before, low_left) - (slack2 + tol)).astype(dtype)
+            block_keep |= np.greater_equal(cur, edge_limit[:, None], out=near)
+            low_before = low_right
             # ... and the range test where a document or an answer saturates inside the cell.
             kinked_rows = np.unique(pq[lp[ans_kink[p0 + lp, c]]])
-            kinked_cols = np.flatnonzero(doc_kink[c])
-            limit = (low_cell - slack - tol)[:, None]
-            if len(kinked_cols):
-                reach = np.maximum(
-                    nxt[:, kinked_cols], a[:, kinked_cols] * cos_e[c] + b[:, kinked_cols] * sin_e[c]
-                )
+            kinked_cols = slice(kink_from[c], kink_to[c])
+            # In the scores' dtype, so that the comparisons below run in float32; rounding the
+            # limit moves it by half a unit in the last place, far inside the `tol` it includes.
+            limit = (low_cell - slack - tol).astype(dtype)[:, None]
+            # A document that saturates inside the cell has not saturated at its left edge, so
+            # `cur` holds its turning score there.
+            if kink_to[c] > kink_from[c]:
+                reach = np.maximum(nxt[:, kinked_cols], cur[:, kinked_cols])
                 block_keep[:, kinked_cols] |= reach >= limit
             if len(kinked_rows):
-                # `prev` was overwritten above; the left edge's scores are recomputed for these rows.
-                left = a[kinked_rows] * cos_e[c] + b[kinked_rows] * sin_e[c]
-                left = np.where(edges[c] >= angles, flat[kinked_rows], left)
-                reach = np.maximum(left, nxt[kinked_rows])
+                reach = np.maximum(cur[kinked_rows], nxt[kinked_rows])
                 block_keep[kinked_rows] |= reach >= limit[kinked_rows]
             keep_others[q0:q1] |= block_others >= (low_cell - tol)[:, None]
-            prev, nxt = nxt, prev
-        block_keep |= reach_best >= -(slack2 + tol)
+            cur, nxt = nxt, cur
+        block_keep |= np.greater_equal(
+            cur, (low_before - (slack2 + tol)).astype(dtype)[:, None], out=near
+        )
         block_keep[cell_r, cell_c] = False
     keep_others &= np.isfinite(others)
 
@@ -430,7 +509,11 @@ def _curve_events(scores: ValidationScores, k: int, upper: float):
     ev_time.append(edges[c + 1])
     ev_delta.append(run[r, c + 1].astype(np.int64) * k)
 
+    # Back to the scores' columns, in the order np.nonzero gives on them.
     sq, sj = np.nonzero(keep)
+    sj = by_angle[sj]
+    in_order = np.lexsort((sj, sq))
+    sq, sj = sq[in_order], sj[in_order]
     oq, oi = np.nonzero(keep_others)
     cand_q = np.concatenate([sq, oq])
     order = np.argsort(cand_q, kind="stable")
@@ -493,9 +576,12 @@ def _answer_curves(scores: ValidationScores, rows: np.ndarray | None = None) -> 
     ).astype(np.float64)
 
 
-def _curve_at(curve: np.ndarray, theta: np.ndarray) -> np.ndarray:
+def _curve_at(curve: np.ndarray, theta: np.ndarray, trig=None) -> np.ndarray:
+    """Curves (rows of A, B, phi, flat) at angles ``theta``; ``trig`` is ``(cos, sin)`` of
+    ``theta`` when the caller has them already."""
     a, b, phi, flat = (curve[:, i : i + 1] for i in range(4))
-    return np.where(theta < phi, a * np.cos(theta) + b * np.sin(theta), flat)
+    cos, sin = trig if trig is not None else (np.cos(theta), np.sin(theta))
+    return np.where(theta < phi, a * cos + b * sin, flat)
 
 
 def _crossings(answer: np.ndarray, other: np.ndarray, upper: float, tol: float):
@@ -512,7 +598,8 @@ def _crossings(answer: np.ndarray, other: np.ndarray, upper: float, tol: float):
     lo_kink, hi_kink = np.minimum(phi_a, phi_o), np.maximum(phi_a, phi_o)
     piece_edges = np.stack([np.zeros(n), lo_kink, hi_kink, np.full(n, upper)], axis=1)
     points = [piece_edges]
-    for i in range(3):
+    # The third piece, past both saturation angles, is two flat scores: it has no roots.
+    for i in range(2):
         left, right = piece_edges[:, i], piece_edges[:, i + 1]
         mid = 0.5 * (left + right)
         a_moves = (mid < answer[:, 2])[:, None]
@@ -545,7 +632,8 @@ def _crossings(answer: np.ndarray, other: np.ndarray, upper: float, tol: float):
     pts = np.sort(np.where(repeat, np.inf, pts), axis=1)
     gap_ok = np.isfinite(pts[:, 1:])
     mids = np.where(gap_ok, 0.5 * (pts[:, :-1] + np.where(gap_ok, pts[:, 1:], 0.0)), 0.0)
-    above = (_curve_at(other, mids) >= _curve_at(answer, mids) - tol) & gap_ok
+    trig = (np.cos(mids), np.sin(mids))
+    above = (_curve_at(other, mids, trig) >= _curve_at(answer, mids, trig) - tol) & gap_ok
     above0 = above[:, 0].astype(np.float64)
     change = gap_ok[:, 1:] & (above[:, 1:] != above[:, :-1])
     r, c = np.nonzero(change)
