@@ -19,6 +19,7 @@ from collections import deque
 
 import numpy as np
 
+from stream_nudge.core.finetune import _PASS_CELLS
 from stream_nudge.core.geometry import unit_rows
 
 __all__ = ["ValidationWindow"]
@@ -27,9 +28,8 @@ __all__ = ["ValidationWindow"]
 # before the query needs another pass over the corpus.
 CACHE_SPARE = 8
 
-# A pass over the corpus scores blocks of this many documents at a time; the first block is small,
-# so that each query's running threshold is set before the big blocks come.
-_PASS_ROWS = 16384
+# A pass over the corpus starts with a block of this many documents, small so that each query's
+# running threshold is set before the big blocks come.
 _FIRST_BLOCK = 1024
 
 
@@ -208,9 +208,10 @@ class ValidationWindow:
         if len(slots) == 0:
             return
         n = len(untouched)
+        n_q = len(slots)
         keep = self.width + 1
-        best = np.full((len(slots), keep), -np.inf, dtype=np.float32)
-        best_rows = np.full((len(slots), keep), -1, dtype=np.int64)
+        best = np.full((n_q, keep), -np.inf, dtype=np.float32)
+        best_rows = np.full((n_q, keep), -1, dtype=np.int64)
         cells = [
             (i, row)
             for i, slot in enumerate(slots)
@@ -219,30 +220,57 @@ class ValidationWindow:
         ]
         answer_q = np.array([c[0] for c in cells], dtype=np.int64)
         answer_r = np.array([c[1] for c in cells], dtype=np.int64)
-        v = self.unit[slots]
+        by_row = np.argsort(answer_r, kind="stable")
+        answer_q, answer_r = answer_q[by_row], answer_r[by_row]
+        # Documents by queries, so that each query's best over a block is a reduction down
+        # contiguous rows; the block is sized like fine_tune's corpus pass (see _PASS_CELLS), and
+        # its tables are reused, not faulted in afresh for every block.
+        v_t = np.ascontiguousarray(self.unit[slots].T)
+        block = max(256, _PASS_CELLS // max(n_q, 1))
+        table_buffer = np.empty((min(block, n), n_q), dtype=np.float32)
+        threshold = best[:, -1].copy()
         start = 0
-        block = _FIRST_BLOCK
+        first = True
         while start < n:
-            stop = min(start + block, n)
-            table = v @ originals[start:stop].T  # [queries, block]
-            table[:, ~untouched[start:stop]] = -np.inf
-            inside = (answer_r >= start) & (answer_r < stop)
-            table[answer_q[inside], answer_r[inside] - start] = -np.inf
-            if stop - start > keep and start == 0:
-                # The first block: every score beats -inf; take each query's best directly.
-                c = np.argpartition(-table, keep - 1, axis=1)[:, :keep]
-                q = np.repeat(np.arange(len(slots)), keep)
-                c = c.ravel()
+            # The first block is small: it sets each query's threshold before the big ones come.
+            stop = min(start + (_FIRST_BLOCK if first else block), n)
+            # Every document of the block is scored and the ones that may not compete (nudged,
+            # deleted) are masked after: whole rows of the table, cheaper than gathering the
+            # untouched rows into a copy first.
+            table = np.matmul(originals[start:stop], v_t, out=table_buffer[: stop - start])
+            table[~untouched[start:stop]] = -np.inf
+            lo, hi = np.searchsorted(answer_r, [start, stop])
+            table[answer_r[lo:hi] - start, answer_q[lo:hi]] = -np.inf
+            if first and stop - start > keep:
+                # Every score beats -inf: each query's best `keep` directly.
+                r = np.argpartition(-table, keep - 1, axis=0)[:keep].ravel()
+                q = np.tile(np.arange(n_q), keep)
+                scores = table[r, q]
             else:
-                # Later blocks: only rows whose best beats their threshold have candidates.
-                hot = np.flatnonzero(table.max(axis=1) > best[:, -1])
-                q, c = np.nonzero(table[hot] > best[hot, -1:])
-                q = hot[q]
+                # Only queries whose best here beats their threshold have candidates; after the
+                # first block there are few, so this costs one reduction over the table.
+                hot = np.flatnonzero(table.max(axis=0) > threshold)
+                if len(hot):
+                    sub = table[:, hot]
+                    r, j = np.nonzero(sub > threshold[hot])
+                    q, scores = hot[j], sub[r, j]
+                else:
+                    q = np.zeros(0, dtype=np.int64)
+            first = False
             if len(q):
-                best, best_rows = _merge_top(best, best_rows, q, c + start, table[q, c], keep)
+                # Only the queries with candidates are merged: later blocks have few of them.
+                merged = np.unique(q)
+                top, top_rows = _merge_top(
+                    best[merged],
+                    best_rows[merged],
+                    np.searchsorted(merged, q),
+                    r + start,
+                    scores,
+                    keep,
+                )
+                best[merged], best_rows[merged] = top, top_rows
+                threshold[merged] = top[:, -1]
             start = stop
-            # Grow the blocks as thresholds rise: candidates per block stay few.
-            block = min(2 * block, _PASS_ROWS)
         self.cache_rows[slots] = np.where(np.isfinite(best[:, :-1]), best_rows[:, :-1], -1)
         self.cache_scores[slots] = best[:, :-1]
         # The best score left out: every untouched document above it is cached.
