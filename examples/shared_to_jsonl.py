@@ -28,7 +28,8 @@ def export(data_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     docs, queries, qrels, split = z["doc_emb"], z["query_emb"], z["qrels"], z["split"]
     graded: list[dict[str, float]] = [{} for _ in range(len(queries))]
     for q, d, grade in qrels:
-        graded[q][f"d{d}"] = float(grade)
+        if grade > 0:  # a judged but irrelevant document is no answer
+            graded[q][f"d{d}"] = float(grade)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / f"{name}.jsonl" for name in ("docs", "events", "test")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -190,13 +191,29 @@ def _evaluate(args, config) -> int:
     from stream_nudge.evaluate import EvaluationError, evaluate, write_report
 
     half_life = args.half_life_events
+    if args.every is not None and args.every < 1:
+        print("stream-nudge evaluate: --every must be >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    if half_life is not None and not (half_life > 0 and math.isfinite(half_life)):
+        print(
+            "stream-nudge evaluate: --half-life-events must be a positive number", file=sys.stderr
+        )
+        return EXIT_USAGE
+    given = [f"--{n}" for n in ("docs", "events", "test") if getattr(args, n) is not None]
+    if args.scenario is not None and given:
+        print(
+            f"stream-nudge evaluate: --scenario makes its own data; drop {', '.join(given)}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if args.scenario == "shift":
         from stream_nudge.scenarios import shift_scenario
 
         paths = shift_scenario(os.path.join(args.out, "scenario"))
         docs, events, test = paths["docs"], paths["events"], paths["test"]
         config = paths["config"](config)
-        half_life = half_life or 1000.0
+        if half_life is None:
+            half_life = 1000.0
     else:
         missing = [f"--{n}" for n in ("docs", "events", "test") if getattr(args, n) is None]
         if missing:
@@ -210,12 +227,6 @@ def _evaluate(args, config) -> int:
             if not os.path.isfile(path):
                 print(f"stream-nudge evaluate: --{name}: no such file: {path}", file=sys.stderr)
                 return EXIT_USAGE
-    if args.every is not None and args.every < 1:
-        print("stream-nudge evaluate: --every must be >= 1", file=sys.stderr)
-        return EXIT_USAGE
-    if half_life is not None and not half_life > 0:
-        print("stream-nudge evaluate: --half-life-events must be > 0", file=sys.stderr)
-        return EXIT_USAGE
     try:
         report = evaluate(
             config,

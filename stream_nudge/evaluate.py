@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from stream_nudge.config import Config
+from stream_nudge.config import Config, DecayConfig
 from stream_nudge.core.finetune import fine_tune
 from stream_nudge.engine import Engine
 from stream_nudge.messages import DeadLetter, Decoder, DocDelete, DocUpsert, Event, is_validation
@@ -389,10 +389,23 @@ def evaluate(
         rows.append(row)
 
     runs = []
+    # The streaming rows run the configuration as given (its label says so if it decays); the
+    # comparison run decays by events only, whatever the configuration says.
+    own = ""
+    if config.decay.enabled:
+        parts = [
+            f"{value:g} {unit}"
+            for value, unit in (
+                (config.decay.half_life_events, "events"),
+                (config.decay.half_life_seconds, "s"),
+            )
+            if value is not None
+        ]
+        own = f", half-life {' and '.join(parts)}"
     for method in methods:
-        runs.append((f"{METHOD_NAMES[method]} (streaming)", method, config.decay))
+        runs.append((f"{METHOD_NAMES[method]} (streaming{own})", method, config.decay))
         if decay_half_life_events is not None:
-            decay = dataclasses.replace(config.decay, half_life_events=decay_half_life_events)
+            decay = DecayConfig(half_life_events=decay_half_life_events)
             label = (
                 f"{METHOD_NAMES[method]} (streaming, half-life {decay_half_life_events:g} events)"
             )

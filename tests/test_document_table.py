@@ -79,3 +79,40 @@ def test_sums_slots_and_moving_flags_match_one_click_at_a_time(ops):
     before = table.moving.copy()
     table.recount()
     assert np.array_equal(table.moving, before)
+
+
+upserts = st.lists(st.sampled_from([0.0, 1.0, -1.0, 0.3]), min_size=2, max_size=2).filter(any)
+
+
+@SETTINGS
+@given(operations, st.lists(upserts, min_size=25, max_size=25))
+def test_cached_geometry_equals_a_fresh_computation(ops, originals):
+    """After any mix of clicks, upserts that replace an original, and deletes that free slots for
+    reuse, the cached directions and planes are what computing them afresh gives, bit for bit."""
+    from stream_nudge.core.geometry import rotation, turnable, unit_rows
+
+    table = DocumentTable(2, capacity=2, slot_capacity=1)
+    for step, op in enumerate(ops):
+        if op[0] == "upsert":
+            vector = np.array(originals[step], dtype=np.float32)
+            table.upsert(f"d{op[1]}", unit_rows(vector[None, :])[0][0])
+        elif op[0] == "delete":
+            table.delete(f"d{op[1]}")
+        else:
+            known = [(table.row_of[f"d{i}"], w, v) for i, w, v in op[1] if f"d{i}" in table.row_of]
+            if known:
+                rows, weights, vectors = zip(*known, strict=True)
+                table.add(np.array(rows), np.array(weights), np.array(vectors, dtype=np.float32))
+        nudged = table.nudged_rows()
+        # Ask every other step, so that some changes pile up between two questions.
+        if step % 2 or len(nudged) == 0:
+            continue
+        planes = step % 4 == 0
+        directions, tangents, angles, can = table.geometry(nudged, planes=planes)
+        fresh = table.directions(nudged)
+        assert np.array_equal(directions, fresh.astype(np.float32))
+        if planes:
+            plane = rotation(table.originals[nudged].astype(np.float64), fresh)
+            assert np.array_equal(tangents, plane.tangent.astype(np.float32))
+            assert np.array_equal(angles, plane.angle)
+            assert np.array_equal(can, turnable(table.originals[nudged], fresh))

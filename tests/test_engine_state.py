@@ -146,3 +146,25 @@ def test_score_caches_always_give_the_exact_best_untouched_scores(ops, k):
                 )
             continue
         engine.process([msg])
+
+
+def test_a_refresh_of_many_queries_over_a_large_corpus_is_exact():
+    """More queries than fit the pass's block beside the small first block (> 4096), and enough
+    documents for several blocks: every query's cache is its true best untouched non-answers."""
+    from stream_nudge.engine.window import CACHE_SPARE, ValidationWindow
+
+    rng = np.random.default_rng(5)
+    n_docs, dim, n_q = 3000, 4, 4500
+    originals = rng.normal(size=(n_docs, dim)).astype(np.float32)
+    originals /= np.linalg.norm(originals, axis=1, keepdims=True)
+    untouched = rng.random(n_docs) > 0.1
+    window = ValidationWindow(n_q, dim, 1)
+    for i in range(n_q):
+        window.add(f"q{i}", rng.normal(size=dim).astype(np.float32), f"d{i % n_docs}", 1.0)
+    slots = window.active_slots()
+    window.refresh(slots, originals, untouched, lambda d: int(d[1:]))
+    scores = window.unit[slots] @ originals.T
+    scores[:, ~untouched] = -np.inf
+    scores[np.arange(n_q), np.arange(n_q) % n_docs] = -np.inf
+    best = -np.sort(-scores, axis=1)[:, : 1 + CACHE_SPARE]
+    np.testing.assert_allclose(window.cache_scores[slots], best, rtol=1e-5, atol=1e-6)

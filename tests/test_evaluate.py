@@ -135,8 +135,19 @@ def test_the_learning_curve_starts_without_fine_tuning_and_steps_every_n_events(
         assert curve[0]["gamma"] == 0.0
         for m in METRICS:
             assert curve[0][m] == pytest.approx(base[m], abs=1e-9)
-        final = next(r for r in report.rows if r["name"] == name)
-        assert final["gamma"] == curve[-1]["gamma"]
+    # The last point is where an engine fed the same steps, re-selecting after each, ends.
+    from stream_nudge.engine import Engine
+    from stream_nudge.evaluate import read_logs
+
+    logs = read_logs(Config(), docs, events)
+    for method, name in (("nudge-m", "NUDGE-M (streaming)"), ("nudge-n", "NUDGE-N (streaming)")):
+        engine = Engine(Config(method=method))
+        engine.process(logs.doc_records)
+        for start in range(0, len(logs.event_records), 15):
+            engine.process(logs.event_records[start : start + 15])
+            engine.reselect()
+        assert report.curves[name][-1]["gamma"] == engine.gamma
+        assert report.curves[name][-1]["gamma"] > 0
 
 
 def test_relevant_documents_outside_the_corpus_are_dropped_and_counted(tmp_path):
@@ -178,6 +189,21 @@ def test_a_bad_test_file_is_a_usage_error_naming_the_line(tmp_path, capsys, line
 def test_missing_inputs_are_a_usage_error(tmp_path, capsys):
     assert main(["evaluate", "--docs", "x.jsonl", "--out", str(tmp_path)]) == 2
     assert "--events, --test" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--scenario", "shift", "--docs", "d.jsonl"], "drop --docs"),
+        (["--scenario", "shift", "--half-life-events", "0"], "--half-life-events"),
+        (["--scenario", "shift", "--half-life-events", "inf"], "--half-life-events"),
+        (["--scenario", "shift", "--every", "0"], "--every"),
+    ],
+)
+def test_bad_evaluate_options_are_usage_errors_before_any_work(tmp_path, capsys, args, message):
+    assert main(["evaluate", *args, "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing generated or written
 
 
 def test_decay_wins_on_the_shift_scenario(tmp_path, capsys):

@@ -19,7 +19,7 @@ import numpy as np
 
 from stream_nudge.config import Config
 from stream_nudge.core.finetune import assemble_scores
-from stream_nudge.core.geometry import nudge_m, nudge_n, rotation, turnable, unit_rows
+from stream_nudge.core.geometry import Rotation, nudge_m, nudge_n, unit_rows
 from stream_nudge.core.objectives import parse_objective
 from stream_nudge.core.selection import objective_at, select_gamma
 from stream_nudge.engine.state import Decay, DocumentTable
@@ -104,6 +104,7 @@ class Engine:
         self.events = 0
         self.events_since_selection = 0
         self.clock: float | None = None
+        self.first_clock: float | None = None  # the first event time seen (decay's origin)
         self.last_selection_clock: float | None = None
         self.last_selection: SelectionReport | None = None
         self.selection_history: list[SelectionReport] = []
@@ -230,6 +231,8 @@ class Engine:
         if ts is None:
             ts = record.timestamp
         if ts is not None:
+            if self.clock is None:
+                self.first_clock = ts
             if self.clock is None or ts > self.clock:
                 self.clock = ts
             if self.last_selection_clock is None:
@@ -314,7 +317,8 @@ class Engine:
         touched = np.unique(rows)
         before = self.docs.is_nudged(touched)
         now = (float(self.events), self.clock if self.clock is not None else math.nan)
-        self.docs.add(rows, weights, vectors, times, now)
+        origin = self.first_clock if self.first_clock is not None else math.nan
+        self.docs.add(rows, weights, vectors, times, now, origin)
         after = self.docs.is_nudged(touched)
         self._changed.update(touched.tolist())
         # Documents that start moving leave the untouched pool, those whose sum cancelled to
@@ -350,16 +354,16 @@ class Engine:
             others, _ = window.others(slots)
         method = self.config.method
         nudged = docs.nudged_rows()
-        directions = docs.directions(nudged)
+        directions, tangents, angles, can = docs.geometry(nudged, planes=method == "nudge-n")
+        plane = None
         if method == "nudge-n":
-            can = turnable(docs.originals[nudged], directions)
             nudged, directions = nudged[can], directions[can]
+            plane = Rotation(tangents[can], angles[can], can[can])
         col_of = np.full(docs.n_rows, -1, dtype=np.int64)
         col_of[nudged] = np.arange(len(nudged))
         v = window.unit[slots]
         originals = docs.originals[nudged]
         sims = v @ originals.T
-        plane = rotation(originals.astype(np.float64), directions) if method == "nudge-n" else None
         scores = assemble_scores(
             v, docs.originals, col_of, sims, others, directions, ptr, rows, plane
         )
@@ -534,6 +538,7 @@ def snapshot(engine: Engine) -> tuple[dict[str, np.ndarray], dict]:
         "events": engine.events,
         "events_since_selection": engine.events_since_selection,
         "clock": engine.clock,
+        "first_clock": engine.first_clock,
         "last_selection_clock": engine.last_selection_clock,
         "dead_letters": dict(engine.dead_letters),
         "counts": dict(engine.counts),
@@ -598,6 +603,9 @@ def restore(config: Config, arrays: dict[str, np.ndarray], meta: dict) -> Engine
     engine.events = int(meta["events"])
     engine.events_since_selection = int(meta["events_since_selection"])
     engine.clock = meta["clock"]
+    engine.first_clock = meta.get("first_clock", meta["clock"])
+    # Checkpoints from before decay existed hold no click times: what they hold counts as of now.
+    now = (float(engine.events), engine.clock if engine.clock is not None else math.nan)
     engine.last_selection_clock = meta["last_selection_clock"]
     engine.dead_letters = Counter(meta["dead_letters"])
     engine.counts = Counter(meta["counts"])
@@ -628,8 +636,7 @@ def restore(config: Config, arrays: dict[str, np.ndarray], meta: dict) -> Engine
         docs.published[:s] = arrays["published"]
         docs.has_published[:s] = arrays["has_published"]
         docs.row_of_slot[:s] = arrays["row_of_slot"]
-        if "stamps" in arrays:  # checkpoints from before decay existed have none
-            docs.stamps[:s] = arrays["stamps"]
+        docs.stamps[:s] = arrays.get("stamps", now)
         docs.free_slots = arrays["free_slots"].tolist()
         docs.recount()
         window = engine.window
@@ -642,8 +649,7 @@ def restore(config: Config, arrays: dict[str, np.ndarray], meta: dict) -> Engine
         window.cache_rows[:] = arrays["window_cache_rows"]
         window.cache_scores[:] = arrays["window_cache_scores"]
         window.floor[:] = arrays["window_floor"]
-        if "window_born" in arrays:
-            window.born[:] = arrays["window_born"]
+        window.born[:] = arrays.get("window_born", now)
         w = meta["window"]
         window.query_ids = list(w["query_ids"])
         window.answers = [dict(a) for a in w["answers"]]
@@ -660,7 +666,7 @@ def restore(config: Config, arrays: dict[str, np.ndarray], meta: dict) -> Engine
     vectors = arrays.get("pending_vectors")
     times = arrays.get("pending_times")
     for i, doc_id in enumerate(meta["pending_ids"]):
-        when = (float(times[i, 0]), float(times[i, 1])) if times is not None else (0.0, math.nan)
+        when = (float(times[i, 0]), float(times[i, 1])) if times is not None else now
         engine.pending.setdefault(doc_id, []).append(
             (vectors[i].copy(), float(arrays["pending_weights"][i]), when)
         )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream_nudge.core.geometry import unit_rows
+from stream_nudge.core.geometry import rotation, turnable, unit_rows
 
 __all__ = ["Decay", "DocumentTable"]
 
@@ -52,7 +52,8 @@ class Decay:
     def factors(self, events_age: np.ndarray, seconds_age: np.ndarray) -> np.ndarray:
         halvings = np.zeros(np.shape(events_age), dtype=np.float64)
         if self.half_life_events is not None:
-            halvings += np.maximum(events_age, 0.0) / self.half_life_events
+            age = np.nan_to_num(np.maximum(events_age, 0.0), nan=0.0)
+            halvings += age / self.half_life_events
         if self.half_life_seconds is not None:
             age = np.nan_to_num(np.maximum(seconds_age, 0.0), nan=0.0)
             halvings += age / self.half_life_seconds
@@ -77,6 +78,11 @@ class DocumentTable:
         them (derived: recomputed by :meth:`recount` after the sums are set from outside).
     stamps : float64 [slot capacity, 2]
         With a :class:`Decay`: the (event count, seconds) time each sum is expressed at.
+
+    Each slot also caches what a selection of gamma needs of its document (see :meth:`geometry`),
+    valid until its sum or original changes: between two selections most nudged documents do not
+    change, and deriving their directions and rotation planes again would cost a pass over all of
+    them in float64.
     """
 
     def __init__(
@@ -98,6 +104,12 @@ class DocumentTable:
         self.moving = np.zeros(slot_capacity, dtype=bool)
         self.row_of_slot = np.full(slot_capacity, -1, dtype=np.int64)
         self.stamps = np.full((slot_capacity, 2), math.nan)
+        self._geo_dir_ok = np.zeros(slot_capacity, dtype=bool)
+        self._geo_plane_ok = np.zeros(slot_capacity, dtype=bool)
+        self._geo_dir = np.zeros((slot_capacity, dim), dtype=np.float32)
+        self._geo_tangent = np.zeros((slot_capacity, dim), dtype=np.float32)
+        self._geo_angle = np.zeros(slot_capacity, dtype=np.float64)
+        self._geo_turnable = np.zeros(slot_capacity, dtype=bool)
         self.free_slots: list[int] = []
         self.n_slots = 0
 
@@ -111,6 +123,7 @@ class DocumentTable:
         row = self.row_of.get(doc_id)
         if row is not None:
             self.originals[row] = unit
+            self._forget_geometry(self.slot_of[[row]])
             return row, False
         if self.free_rows:
             row = self.free_rows.pop()
@@ -140,6 +153,7 @@ class DocumentTable:
             self.has_published[slot] = False
             self.moving[slot] = False
             self.stamps[slot] = math.nan
+            self._forget_geometry(np.array([slot]))
             self.row_of_slot[slot] = -1
             self.free_slots.append(slot)
             self.slot_of[row] = -1
@@ -191,6 +205,12 @@ class DocumentTable:
             self.moving = _grown(self.moving, capacity, False)
             self.row_of_slot = _grown(self.row_of_slot, capacity, -1)
             self.stamps = _grown(self.stamps, capacity, math.nan)
+            self._geo_dir_ok = _grown(self._geo_dir_ok, capacity, False)
+            self._geo_plane_ok = _grown(self._geo_plane_ok, capacity, False)
+            self._geo_dir = _grown(self._geo_dir, capacity)
+            self._geo_tangent = _grown(self._geo_tangent, capacity)
+            self._geo_angle = _grown(self._geo_angle, capacity)
+            self._geo_turnable = _grown(self._geo_turnable, capacity, False)
         out = np.empty(count, dtype=np.int64)
         out[: len(reused)] = reused
         out[len(reused) :] = np.arange(self.n_slots, self.n_slots + fresh)
@@ -204,13 +224,17 @@ class DocumentTable:
         vectors: np.ndarray,
         times: np.ndarray | None = None,
         now: tuple[float, float] | None = None,
+        origin: float = math.nan,
     ) -> np.ndarray:
         """``G[row] += w * q`` for each (row, w, q), in float64; returns the rows touched.
 
         Contributions to one row are added in their input order, so the result depends only on
         the sequence of events, not on how they were batched. With a :class:`Decay`, ``times``
         holds each click's (event count, seconds) and ``now`` the present: the touched sums are
-        aged to ``now`` and each click enters discounted by its own age.
+        aged to ``now`` and each click enters discounted by its own age. ``origin`` is the first
+        second ever seen: clicks and sums from before any time was known count as of then, so
+        that the result does not depend on whether they were added before or with the first
+        timed click.
         """
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
@@ -218,7 +242,7 @@ class DocumentTable:
         slots = self.slots_for(rows)
         weights = np.asarray(weights, dtype=np.float64)
         if self.decay is not None:
-            weights = weights * self._age(np.unique(slots), times, now)
+            weights = weights * self._age(np.unique(slots), times, now, origin)
         if np.all(weights == 1.0):
             contrib = vectors  # float32, widened exactly by the float64 += below
         else:
@@ -240,25 +264,68 @@ class DocumentTable:
         touched = sorted_slots[starts]
         self.clicks[touched] += sizes
         self.moving[touched] = np.any(self.sums[touched] != 0.0, axis=1)
+        self._forget_geometry(touched)
         return np.unique(rows)
 
-    def _age(self, slots: np.ndarray, times: np.ndarray, now: tuple[float, float]) -> np.ndarray:
+    def _age(self, slots, times: np.ndarray, now: tuple[float, float], origin: float) -> np.ndarray:
         """Bring ``slots``' sums forward to ``now``; return the clicks' discounts at ``now``."""
         now_events, now_seconds = now
         stamps = self.stamps[slots]
+        stamp_seconds, click_seconds = stamps[:, 1], times[:, 1]
+        if not math.isnan(origin):
+            stamp_seconds = np.where(np.isnan(stamp_seconds), origin, stamp_seconds)
+            click_seconds = np.where(np.isnan(click_seconds), origin, click_seconds)
         # A fresh slot's stamp is NaN in events too; its sum is zero, so any factor will do.
         events_age = np.nan_to_num(now_events - stamps[:, 0], nan=0.0)
-        self.sums[slots] *= self.decay.factors(events_age, now_seconds - stamps[:, 1])[:, None]
+        self.sums[slots] *= self.decay.factors(events_age, now_seconds - stamp_seconds)[:, None]
         self.stamps[slots, 0] = now_events
         # Seconds not known yet (NaN) stay unknown; known ones never go back to unknown.
         if not math.isnan(now_seconds):
             self.stamps[slots, 1] = now_seconds
-        return self.decay.factors(now_events - times[:, 0], now_seconds - times[:, 1])
+        return self.decay.factors(now_events - times[:, 0], now_seconds - click_seconds)
 
     def recount(self) -> None:
         """Derive :attr:`moving` from the sums (after they were set from a snapshot)."""
+        self._forget_geometry(np.arange(len(self.moving)))
         self.moving[:] = False
         self.moving[: self.n_slots] = np.any(self.sums[: self.n_slots] != 0.0, axis=1)
+
+    def _forget_geometry(self, slots: np.ndarray) -> None:
+        slots = slots[slots >= 0]
+        self._geo_dir_ok[slots] = False
+        self._geo_plane_ok[slots] = False
+
+    def geometry(self, rows: np.ndarray, planes: bool):
+        """What selecting gamma needs of nudged ``rows``, from the cache where still valid.
+
+        Returns ``(directions, tangents, angles, turnable)``: unit query-sum directions as float32
+        (the precision the score products use); with ``planes``, NUDGE-N's rotation planes
+        (float32 tangents, float64 angles, see :func:`rotation`) and which rows can turn; else
+        None for those three. Each row's values are computed on their own, so a cached value is
+        the one a fresh computation would give.
+        """
+        slots = self.slot_of[rows]
+        stale = ~(self._geo_plane_ok[slots] if planes else self._geo_dir_ok[slots])
+        if stale.any():
+            fresh_rows, fresh = rows[stale], slots[stale]
+            directions = self.directions(fresh_rows)
+            self._geo_dir[fresh] = directions
+            self._geo_dir_ok[fresh] = True
+            if planes:
+                originals = self.originals[fresh_rows]
+                plane = rotation(originals.astype(np.float64), directions)
+                self._geo_tangent[fresh] = plane.tangent
+                self._geo_angle[fresh] = plane.angle
+                self._geo_turnable[fresh] = turnable(originals, directions)
+                self._geo_plane_ok[fresh] = True
+        if not planes:
+            return self._geo_dir[slots], None, None, None
+        return (
+            self._geo_dir[slots],
+            self._geo_tangent[slots],
+            self._geo_angle[slots],
+            self._geo_turnable[slots],
+        )
 
     def is_nudged(self, rows: np.ndarray) -> np.ndarray:
         """Whether each row's query sum is non-zero (the document moves)."""

@@ -227,7 +227,8 @@ class ValidationWindow:
         # its tables are reused, not faulted in afresh for every block.
         v_t = np.ascontiguousarray(self.unit[slots].T)
         block = max(256, _PASS_CELLS // max(n_q, 1))
-        table_buffer = np.empty((min(block, n), n_q), dtype=np.float32)
+        # The first block may be the bigger one when there are many queries.
+        table_buffer = np.empty((min(max(block, _FIRST_BLOCK), n), n_q), dtype=np.float32)
         threshold = best[:, -1].copy()
         start = 0
         first = True
