@@ -165,11 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from stream_nudge.app import replay
 
-    for name in ("docs", "events"):
-        path = getattr(args, name)
-        if not os.path.isfile(path):
-            print(f"stream-nudge replay: --{name}: no such file: {path}", file=sys.stderr)
-            return EXIT_USAGE
+    if _missing_file("replay", args, ("docs", "events")):
+        return EXIT_USAGE
     try:
         summary = replay(
             config,
@@ -185,6 +182,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in summary.lines():
         print(line)
     return 0
+
+
+def _missing_file(command: str, args, names) -> bool:
+    """Say so (and return True) if one of the files named by these options does not exist."""
+    for name in names:
+        path = getattr(args, name)
+        if not os.path.isfile(path):
+            print(f"stream-nudge {command}: --{name}: no such file: {path}", file=sys.stderr)
+            return True
+    return False
 
 
 def _evaluate(args, config) -> int:
@@ -222,11 +229,9 @@ def _evaluate(args, config) -> int:
                 file=sys.stderr,
             )
             return EXIT_USAGE
+        if _missing_file("evaluate", args, ("docs", "events", "test")):
+            return EXIT_USAGE
         docs, events, test = args.docs, args.events, args.test
-        for name, path in (("docs", docs), ("events", events), ("test", test)):
-            if not os.path.isfile(path):
-                print(f"stream-nudge evaluate: --{name}: no such file: {path}", file=sys.stderr)
-                return EXIT_USAGE
     try:
         report = evaluate(
             config,

@@ -32,3 +32,15 @@ def test_help_lists_every_subcommand(capsys):
 
 def test_no_subcommand_is_a_usage_error(capsys):
     assert main([]) == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["replay", "--docs", "nowhere.jsonl", "--events", "nowhere.jsonl", "--out", "u.jsonl"],
+        ["evaluate", "--docs", "nowhere.jsonl", "--events", "e", "--test", "t", "--out", "o"],
+    ],
+)
+def test_a_missing_input_file_is_a_usage_error_naming_the_option(args, capsys, tmp_path):
+    assert main([a if a != "o" else str(tmp_path / "o") for a in args]) == 2
+    assert "--docs: no such file: nowhere.jsonl" in capsys.readouterr().err
