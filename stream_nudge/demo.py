@@ -22,7 +22,7 @@ from stream_nudge.messages import Record
 from stream_nudge.sinks import MemorySink
 from stream_nudge.sources import MemorySource
 
-__all__ = ["DemoData", "make_stream", "run_demo"]
+__all__ = ["DemoData", "make_stream", "run_demo", "topic_corpus"]
 
 
 @dataclass
@@ -33,6 +33,15 @@ class DemoData:
     doc_vectors: np.ndarray
     test_queries: np.ndarray
     test_answers: np.ndarray  # one relevant document row per test query
+
+
+def topic_corpus(rng, n_topics: int, docs_per_topic: int, dim: int, spread: float) -> np.ndarray:
+    """Unit documents around ``n_topics`` random centres (``docs_per_topic`` each, in topic
+    order), ``spread`` away from them: near neighbours for base similarity to confuse."""
+    centres = rng.normal(size=(n_topics, dim))
+    docs = np.repeat(centres, docs_per_topic, axis=0)
+    docs += spread * rng.normal(size=docs.shape)
+    return docs / np.linalg.norm(docs, axis=1, keepdims=True)
 
 
 def make_stream(
@@ -46,9 +55,7 @@ def make_stream(
 ) -> DemoData:
     rng = np.random.default_rng(seed)
     n_docs = n_topics * docs_per_topic
-    centres = rng.normal(size=(n_topics, dim))
-    docs = np.repeat(centres, docs_per_topic, axis=0) + 0.5 * rng.normal(size=(n_docs, dim))
-    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    docs = topic_corpus(rng, n_topics, docs_per_topic, dim, spread=0.5)
     # The domain's wording: a fixed distortion of the document direction, plus a shared shift.
     distortion = np.eye(dim) + 1.0 * rng.normal(size=(dim, dim)) / np.sqrt(dim)
     shift = 0.5 * rng.normal(size=dim) / np.sqrt(dim)

@@ -24,8 +24,6 @@ skipped (and counted): nothing could retrieve them.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import math
 import os
@@ -39,6 +37,7 @@ import orjson
 
 from stream_nudge.config import Config, DecayConfig
 from stream_nudge.core.finetune import fine_tune
+from stream_nudge.core.geometry import unit_rows
 from stream_nudge.engine import Engine
 from stream_nudge.messages import DeadLetter, Decoder, DocDelete, DocUpsert, Event, is_validation
 from stream_nudge.metrics import retrieval_metrics
@@ -155,29 +154,6 @@ class Report:
 # --- input ------------------------------------------------------------------------------------
 
 
-def _vector(obj: dict, name: str, line: int) -> np.ndarray:
-    if name in obj:
-        values = obj[name]
-        if not isinstance(values, list) or not all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) for x in values
-        ):
-            raise EvaluationError(f"test line {line}: {name} must be an array of numbers")
-        vector = np.asarray(values, dtype=np.float32)
-    elif f"{name}_b64" in obj:
-        try:
-            raw = base64.b64decode(obj[f"{name}_b64"], validate=True)
-        except (binascii.Error, TypeError, ValueError):
-            raise EvaluationError(f"test line {line}: {name}_b64 is not base64") from None
-        if len(raw) % 4:
-            raise EvaluationError(f"test line {line}: {name}_b64 is not float32 data")
-        vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
-    else:
-        raise EvaluationError(f"test line {line}: needs {name} or {name}_b64")
-    if vector.size == 0 or not np.all(np.isfinite(vector)):
-        raise EvaluationError(f"test line {line}: {name} must be non-empty and finite")
-    return vector
-
-
 def _relevant(obj: dict, line: int) -> dict[str, float]:
     rel = obj.get("relevant")
     if isinstance(rel, list) and all(isinstance(x, str) for x in rel):
@@ -199,6 +175,9 @@ def _relevant(obj: dict, line: int) -> dict[str, float]:
 def read_test_set(path: str | os.PathLike, dimension: int | None = None) -> TestSet:
     """Read the test file (format in the module docstring); any bad line is an error."""
     ids, vectors, relevant = [], [], []
+    # The streams' own vector checks (array or base64, dimension, finite); the first vector
+    # fixes the dimension when the caller does not.
+    decoder = Decoder(dimension)
     with open(path, "rb") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -209,13 +188,10 @@ def read_test_set(path: str | os.PathLike, dimension: int | None = None) -> Test
                 raise EvaluationError(f"test line {number}: not JSON ({exc})") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("query_id"), str):
                 raise EvaluationError(f"test line {number}: needs a string query_id")
-            vector = _vector(obj, "query_embedding", number)
-            if dimension is not None and vector.size != dimension:
-                raise EvaluationError(
-                    f"test line {number}: query_embedding has {vector.size} values, "
-                    f"the documents {dimension}"
-                )
-            dimension = vector.size
+            try:
+                vector = decoder.vector(obj, "query_embedding")
+            except ValueError as exc:
+                raise EvaluationError(f"test line {number}: {exc}") from None
             ids.append(obj["query_id"])
             vectors.append(vector)
             relevant.append(_relevant(obj, number))
@@ -226,13 +202,7 @@ def read_test_set(path: str | os.PathLike, dimension: int | None = None) -> Test
 
 def read_logs(config: Config, docs: str | os.PathLike, events: str | os.PathLike) -> Logs:
     """Decode both logs as the engine would; bad lines are counted (the engine dead-letters them)."""
-    decoder = Decoder(
-        config.dimension,
-        config.limits.max_message_bytes,
-        config.limits.max_dimension,
-        config.limits.max_doc_ids,
-        config.limits.max_weight,
-    )
+    decoder = Decoder.for_config(config)
     dead: Counter = Counter()
     records = {"docs": [], "events": []}
     for topic, path in (("docs", docs), ("events", events)):
@@ -269,11 +239,6 @@ def read_logs(config: Config, docs: str | os.PathLike, events: str | os.PathLike
 
 
 # --- the runs ---------------------------------------------------------------------------------
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
-    return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
 class _Scorer:
@@ -365,7 +330,7 @@ def evaluate(
     logs = read_logs(config, docs, events)
     test_set = read_test_set(test, logs.doc_vectors.shape[1])
     score = _Scorer(test_set, logs.doc_ids)
-    originals = _unit(logs.doc_vectors)
+    originals = unit_rows(logs.doc_vectors)[0]
     n_events = len(logs.event_records)
     every = max(1, every or math.ceil(n_events / _CURVE_POINTS) or 1)
 

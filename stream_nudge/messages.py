@@ -120,6 +120,29 @@ class Decoder:
         # The longest base64 text a vector of max_dimension floats can take.
         self._b64_limit = 4 * ((4 * max_dimension + 2) // 3) + 4
 
+    @classmethod
+    def for_config(cls, config) -> Decoder:
+        """The decoder a :class:`~stream_nudge.config.Config` describes (dimension and limits)."""
+        limits = config.limits
+        return cls(
+            config.dimension,
+            limits.max_message_bytes,
+            limits.max_dimension,
+            limits.max_doc_ids,
+            limits.max_weight,
+        )
+
+    def vector(self, obj: dict, name: str) -> np.ndarray:
+        """``obj[name]`` (numbers) or ``obj[name + "_b64"]``, checked as in every message.
+
+        For inputs beside the streams (test queries); ValueError says what is wrong.
+        """
+        try:
+            with np.errstate(over="ignore"):
+                return self._vector(obj, name)
+        except _Reject as reject:
+            raise ValueError(reject.detail) from None
+
     def decode(self, record: Record) -> DocUpsert | DocDelete | Event | DeadLetter:
         return self.decode_batch([record])[0]
 

@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 
 from stream_nudge.config import Config
+from stream_nudge.demo import topic_corpus
 
 __all__ = ["shift_scenario"]
 
@@ -50,9 +51,7 @@ def shift_scenario(
     """
     rng = np.random.default_rng(seed)
     n_docs = n_topics * docs_per_topic
-    centres = rng.normal(size=(n_topics, dim))
-    docs = np.repeat(centres, docs_per_topic, axis=0) + 0.6 * rng.normal(size=(n_docs, dim))
-    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    docs = topic_corpus(rng, n_topics, docs_per_topic, dim, spread=0.6)
     wordings = {"A": _wording(rng, dim), "B": _wording(rng, dim)}
     pool = rng.choice(n_docs, size=clicked, replace=False)
 

@@ -169,13 +169,16 @@ def test_relevant_documents_outside_the_corpus_are_dropped_and_counted(tmp_path)
     [
         (b"{nope", "test line 2: not JSON"),
         (b'{"query_id": "x", "query_embedding": [1, 2, 3, 4, 5, 6]}', "test line 2: relevant"),
-        (b'{"query_id": "x", "query_embedding": [1, 2], "relevant": ["d1"]}', "has 2 values"),
+        (
+            b'{"query_id": "x", "query_embedding": [1, 2], "relevant": ["d1"]}',
+            "has 2 numbers, the stream has 6",
+        ),
         (
             b'{"query_id": "x", "query_embedding": [1, 2, 3, 4, 5, 6], "relevant": {"d1": 0}}',
             "grade of 'd1'",
         ),
         (b'{"query_embedding": [1, 2, 3, 4, 5, 6], "relevant": ["d1"]}', "query_id"),
-        (b'{"query_id": "x", "query_embedding_b64": "!!", "relevant": ["d1"]}', "not base64"),
+        (b'{"query_id": "x", "query_embedding_b64": "!!", "relevant": ["d1"]}', "not valid base64"),
     ],
 )
 def test_a_bad_test_file_is_a_usage_error_naming_the_line(tmp_path, capsys, line, message):

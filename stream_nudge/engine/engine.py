@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 # Selections remembered for reports and tests (the latest ones).
 _HISTORY = 1000
 
+# The time of a click when decay is off: nothing reads it.
+_TIMELESS = (math.nan, math.nan)
+
 # Recent query ids' splits, remembered: several clicks of one query then hash it once.
 _SPLIT_CACHE = 100_000
 
@@ -84,13 +87,7 @@ class Engine:
         self.config = config or Config()
         c = self.config
         self.objective = parse_objective(c.objective)
-        self.decoder = Decoder(
-            c.dimension,
-            c.limits.max_message_bytes,
-            c.limits.max_dimension,
-            c.limits.max_doc_ids,
-            c.limits.max_weight,
-        )
+        self.decoder = Decoder.for_config(c)
         self.docs: DocumentTable | None = None
         self.window: ValidationWindow | None = None
         # Clicks waiting for their document: (vector, weight, (event count, seconds)).
@@ -237,11 +234,14 @@ class Engine:
                 self.clock = ts
             if self.last_selection_clock is None:
                 self.last_selection_clock = self.clock
-        # The click's time for decay: a click without one happens at the latest time seen.
-        when = (
-            float(self.events),
-            ts if ts is not None else (self.clock if self.clock is not None else math.nan),
-        )
+        # The click's time, which only decay reads: a click without one happens at the latest
+        # time seen. Without decay no tuple is built on this hot path.
+        when = _TIMELESS
+        if self._decay is not None:
+            when = (
+                float(self.events),
+                ts if ts is not None else (self.clock if self.clock is not None else math.nan),
+            )
         split = event.split
         if split is None:
             split_of = self._split_of
