@@ -24,6 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from profiling import profiled
+
 from stream_nudge import fine_tune
 from stream_nudge.core.finetune import _answers, query_directions, static_others
 from stream_nudge.core.geometry import unit_rows
@@ -77,6 +79,7 @@ def main(argv=None):
     p.add_argument("--val", type=int, default=1_000)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--profile", action="store_true", help="then profile one call of each method")
     a = p.parse_args(argv)
 
     docs, train, train_ans, val, val_ans = synthetic(a.docs, a.dim, a.train, a.val)
@@ -133,6 +136,12 @@ def main(argv=None):
             f"peak {peak / 2**20:.0f} MiB = {peak / corpus_bytes:.2f}x the corpus; "
             f"gamma {result.gamma:.4f}, hit@1 {result.validation.before:.3f} -> {result.validation.after:.3f}"
         )
+    if a.profile:
+        for method in methods:
+            profiled(
+                lambda m=method: fine_tune(docs, train, train_ans, val, val_ans, method=m),
+                f"fine_tune, {method}",
+            )
     if a.json:
         a.json.write_text(json.dumps(results, indent=1))
     return results

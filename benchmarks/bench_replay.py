@@ -33,6 +33,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from profiling import profiled
+
 from stream_nudge.app import pump
 from stream_nudge.config import load_config
 from stream_nudge.engine import Engine
@@ -89,7 +91,7 @@ def decode_loop(path: Path, field: str) -> float:
     return time.perf_counter() - t0
 
 
-def ingest(n_docs: int, n_events: int, dim: int, repeat: int) -> dict:
+def ingest(n_docs: int, n_events: int, dim: int, repeat: int, profile: bool = False) -> dict:
     config = load_config(overrides={"gamma": {"every_events": 0, "every_seconds": 0}})
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,6 +121,16 @@ def ingest(n_docs: int, n_events: int, dim: int, repeat: int) -> dict:
                 "final_selection_s": min(finish_times),
                 "events_file_mb": events_path.stat().st_size / 2**20,
             }
+            if profile and encoding == "json":
+                engine = Engine(config)
+                sink = JsonlSink(folder / "out.jsonl")
+                pump(engine, JsonlSource(docs_path, None), sink, config.replay.batch_size)
+                source = JsonlSource(None, events_path)
+                profiled(
+                    lambda e=engine, s=source, k=sink: pump(e, s, k, config.replay.batch_size),
+                    "ingest, JSON vectors (the events only)",
+                )
+                sink.close()
             r = results[encoding]
             print(
                 f"ingest {encoding:6s}: engine {r['engine_events_per_s']:9,.0f} events/s, decode loop "
@@ -160,7 +172,9 @@ def memory(n_docs: int, dim: int) -> dict:
     return out
 
 
-def reselect(n_docs: int, dim: int, window: int, nudged: int, method: str) -> dict:
+def reselect(
+    n_docs: int, dim: int, window: int, nudged: int, method: str, profile: bool = False
+) -> dict:
     from stream_nudge.engine.window import ValidationWindow
 
     rng = np.random.default_rng(1)
@@ -219,6 +233,11 @@ def reselect(n_docs: int, dim: int, window: int, nudged: int, method: str) -> di
     t0 = time.perf_counter()
     engine.reselect()
     partial = time.perf_counter() - t0
+    if profile:
+        # The same again (another 10% of the window new), under the profiler.
+        for i in range(new):
+            engine.window.add(f"p-{i}", v[new + i], f"doc-{answers[new + i]}", 1.0)
+        profiled(engine.reselect, f"re-selection, {method}, 10% of the window new")
     out = {
         "method": method,
         "product_s": product,
@@ -249,16 +268,21 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--method", default="both", choices=["nudge-n", "nudge-m", "both"])
     p.add_argument("--json", type=Path)
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="then profile: one JSON ingest run; the re-selection with 10%% of the window new",
+    )
     a = p.parse_args(argv)
     results = {}
     if a.what in ("ingest", "all"):
-        results["ingest"] = ingest(a.docs or 50_000, a.events, a.dim, a.repeat)
+        results["ingest"] = ingest(a.docs or 50_000, a.events, a.dim, a.repeat, a.profile)
     if a.what in ("memory", "all"):
         results["memory"] = memory(a.docs or 1_000_000, a.dim)
     if a.what in ("reselect", "all"):
         methods = ["nudge-n", "nudge-m"] if a.method == "both" else [a.method]
         results["reselect"] = [
-            reselect(a.docs or 1_000_000, a.dim, 2000, 20_000, m) for m in methods
+            reselect(a.docs or 1_000_000, a.dim, 2000, 20_000, m, a.profile) for m in methods
         ]
     if a.json:
         a.json.write_text(json.dumps(results, indent=1))
