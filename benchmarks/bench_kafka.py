@@ -3,10 +3,12 @@
     python benchmarks/bench_kafka.py                      # starts a broker with deploy/kafka/kafka.sh
     python benchmarks/bench_kafka.py --bootstrap HOST:PORT
 
-throughput: a pre-filled events topic (after a pre-filled docs topic, consumed first and not timed)
-through the service's pipeline (KafkaSource -> engine -> KafkaSink, flushed at the end), next to a
-bare kafka-python consume loop over the same topic, and one that also decodes each message
-(orjson.loads + float32 array), in the same run. Gamma is selected once at the end, timed apart.
+throughput: untimed, the documents and --warm-events clicks go through the pipeline and gamma is
+selected, so that it is non-zero; then --events clicks pre-filled in the events topic go through the
+service's pipeline (KafkaSource -> engine -> KafkaSink), the clock stopping when the last update is
+acknowledged. Next to it, in the same run, a bare kafka-python consume loop over the same records,
+and one that also decodes each message (orjson.loads + float32 array). The final selection at the
+end of input is timed apart.
 
 latency: with gamma already non-zero, a producer offers training clicks at --rate events/s; a
 reader of the updates topic matches each update of document X to the clicks on X sent before it.
@@ -92,7 +94,8 @@ def fill(bootstrap, topic, messages, keys=None):
     producer.close()
 
 
-def consume_all(bootstrap, topic, n, decode=False) -> float:
+def consume_all(bootstrap, topic, n, decode=False, start=None) -> float:
+    """Seconds for a bare kafka-python loop to read ``n`` records of ``topic`` from ``start``."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -102,7 +105,8 @@ def consume_all(bootstrap, topic, n, decode=False) -> float:
     )
     parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
     consumer.assign(parts)
-    consumer.seek_to_beginning(*parts)
+    for tp in parts:
+        consumer.seek(tp, (start or {}).get(tp.partition, 0))
     seen = 0
     t0 = time.perf_counter()
     while seen < n:
@@ -114,6 +118,14 @@ def consume_all(bootstrap, topic, n, decode=False) -> float:
     elapsed = time.perf_counter() - t0
     consumer.close()
     return elapsed
+
+
+def end_offsets(bootstrap, topic) -> dict[int, int]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+    out = {tp.partition: o for tp, o in consumer.end_offsets(parts).items()}
+    consumer.close()
+    return out
 
 
 def make_messages(n_docs, n_events, dim, seed=0):
@@ -145,10 +157,11 @@ def make_messages(n_docs, n_events, dim, seed=0):
     return doc_msgs, event_msgs, docs, warp
 
 
-def throughput(bootstrap, n_docs, n_events, dim):
+def throughput(bootstrap, n_docs, n_events, dim, warm_events):
     tag, topics = new_topics(bootstrap, "")
-    doc_msgs, event_msgs, _, _ = make_messages(n_docs, n_events, dim)
+    doc_msgs, event_msgs, _, _ = make_messages(n_docs, warm_events + n_events, dim)
     fill(bootstrap, topics["docs"], doc_msgs)
+    fill(bootstrap, topics["events"], event_msgs[:warm_events])
     config = load_config(
         overrides={
             "kafka": {
@@ -161,25 +174,32 @@ def throughput(bootstrap, n_docs, n_events, dim):
         }
     )
     ensure_topics(config)
-    # Documents first, untimed: run the pipeline until they are in.
+    # Untimed: the documents, then warm-up clicks and a selection, so that gamma is non-zero and
+    # every timed click's document is republished (the steady state of a live service).
     engine = Engine(config)
     sink = KafkaSink(config)
     source = KafkaSource(config)
-    while engine.docs is None or len(engine.docs) < n_docs:
-        batch = source.next_batch(1000)
-        if batch:
-            sink.write(engine.process(batch))
-    # Then the events topic is filled, and read by the baselines and by the pipeline.
-    fill(bootstrap, topics["events"], event_msgs)
-    bare = consume_all(bootstrap, topics["events"], n_events)
-    decoded = consume_all(bootstrap, topics["events"], n_events, decode=True)
-    t0 = time.perf_counter()
-    while engine.events < n_events:
+    while engine.docs is None or len(engine.docs) < n_docs or engine.events < warm_events:
         batch = source.next_batch(config.kafka.max_poll_records)
         if batch:
             sink.write(engine.process(batch))
+    sink.write(engine.reselect())
     sink.flush()
+    warm_gamma = engine.gamma
+    # Then the timed events are added to the topic, and read by the baselines and the pipeline.
+    start = end_offsets(bootstrap, topics["events"])
+    fill(bootstrap, topics["events"], event_msgs[warm_events:])
+    bare = consume_all(bootstrap, topics["events"], n_events, start=start)
+    decoded = consume_all(bootstrap, topics["events"], n_events, decode=True, start=start)
+    sent = sink.updates_sent
+    t0 = time.perf_counter()
+    while engine.events < warm_events + n_events:
+        batch = source.next_batch(config.kafka.max_poll_records)
+        if batch:
+            sink.write(engine.process(batch))
+    sink.flush()  # the clock stops when the last update is acknowledged
     mine = time.perf_counter() - t0
+    updates = sink.updates_sent - sent
     t0 = time.perf_counter()
     sink.write(engine.finish())
     sink.flush()
@@ -188,6 +208,8 @@ def throughput(bootstrap, n_docs, n_events, dim):
     sink.close()
     out = {
         "events": n_events,
+        "warm_gamma": warm_gamma,
+        "updates_published": updates,
         "pipeline_events_per_s": n_events / mine,
         "bare_consume_events_per_s": n_events / bare,
         "consume_and_decode_events_per_s": n_events / decoded,
@@ -196,7 +218,8 @@ def throughput(bootstrap, n_docs, n_events, dim):
         "final_selection_s": final,
     }
     print(
-        f"throughput: pipeline {out['pipeline_events_per_s']:,.0f} events/s; bare consume "
+        f"throughput: pipeline {out['pipeline_events_per_s']:,.0f} events/s "
+        f"({updates:,} updates published, gamma {warm_gamma:.4f}); bare consume "
         f"{out['bare_consume_events_per_s']:,.0f}/s -> {out['ratio_to_bare']:.2f}x; consume+decode "
         f"{out['consume_and_decode_events_per_s']:,.0f}/s -> {out['ratio_to_decode']:.2f}x "
         f"(final selection {final:.2f} s)"
@@ -335,6 +358,7 @@ def main(argv=None):
     p.add_argument("--bootstrap")
     p.add_argument("--docs", type=int, default=20_000)
     p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--warm-events", type=int, default=10_000, help="clicks before the timed part")
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--rate", type=float, default=2000)
     p.add_argument("--seconds", type=float, default=20)
@@ -349,7 +373,7 @@ def main(argv=None):
     try:
         results = {}
         if a.only in (None, "throughput"):
-            results["throughput"] = throughput(bootstrap, a.docs, a.events, a.dim)
+            results["throughput"] = throughput(bootstrap, a.docs, a.events, a.dim, a.warm_events)
         if a.only in (None, "latency"):
             results["latency"] = latency(bootstrap, a.latency_docs, a.dim, a.rate, a.seconds)
     finally:

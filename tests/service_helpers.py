@@ -115,3 +115,51 @@ def without_generation(state: dict) -> dict:
         k: None if v is None else {f: x for f, x in v.items() if f != "generation"}
         for k, v in state.items()
     }
+
+
+def children(pid: int) -> dict[int, str]:
+    """The live child processes of ``pid`` (from /proc), by pid, with their command lines."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            # The command name may hold spaces and parentheses: the fields follow the last ')'.
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out[int(entry.name)] = (
+                    (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                )
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def kafka_clients(pid: int, timeout: float = 60.0) -> dict[int, str]:
+    """The service's consumer and producer processes, once both have started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = {p: c for p, c in children(pid).items() if "multiprocessing.spawn" in c}
+        if len(found) >= 2:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"no consumer and producer processes under {pid}: {children(pid)}")
+
+
+def gone(pids, timeout: float = 15.0) -> bool:
+    """Whether every one of ``pids`` has exited (or is a zombie) within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            if state[state.rindex(")") + 2] != "Z":
+                alive.append(pid)
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import time
@@ -10,6 +11,8 @@ import numpy as np
 import pytest
 from service_helpers import (
     checkpoint_meta,
+    gone,
+    kafka_clients,
     produce,
     read_topic,
     reduce_updates,
@@ -146,9 +149,13 @@ def test_sigterm_and_sigkill_mid_stream_then_restart_gives_the_same_result(
         deadline = time.monotonic() + 60
         while log.read_text().count("connected to") <= i and time.monotonic() < deadline:
             time.sleep(0.05)
+        clients = kafka_clients(proc.pid)
         time.sleep(rng.uniform(0.5, 3.0))
         code = stop(proc, sig)
         assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), log.read_text()[-3000:]
+        # Its consumer and producer processes end with it, even when it is killed: a producer
+        # left behind could write an older generation after the restart.
+        assert gone(clients), (clients, log.read_text()[-3000:])
     proc = start(config, log)
     try:
         wait_until_done(state, len(event_msgs), proc)
@@ -157,6 +164,41 @@ def test_sigterm_and_sigkill_mid_stream_then_restart_gives_the_same_result(
     text = log.read_text()
     assert text.count("restored checkpoint") >= 5
     check_same_as_replay(kafka_bootstrap, topics, state, replay_engine, replay_sink)
+
+
+def test_a_killed_consumer_or_producer_process_is_replaced_and_nothing_is_lost(
+    kafka_bootstrap, make_topic, scifact, tmp_path
+):
+    """The service's Kafka clients run in child processes; if one dies, the service starts again
+    from its checkpoint with new ones, and the result is still the replay's."""
+    doc_msgs, event_msgs, replay_engine, replay_sink = scifact
+    topics = make_topics(make_topic)
+    state, config = prepare(
+        kafka_bootstrap, topics, doc_msgs, event_msgs, tmp_path, kafka=SLOW_POLLS
+    )
+    log = tmp_path / "service.log"
+    proc = start(config, log)
+    try:
+        for i, role in enumerate(["consumer", "producer"]):
+            clients = kafka_clients(proc.pid)
+            time.sleep(1.0 + i)
+            (victim,) = [pid for pid in clients if _name(pid) == f"sn-{role}"]
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while log.read_text().count("restored checkpoint") <= i and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert gone([victim])
+        wait_until_done(state, len(event_msgs), proc)
+    finally:
+        assert stop(proc) == 0, log.read_text()[-3000:]
+    assert log.read_text().count("Kafka trouble") >= 2
+    check_same_as_replay(kafka_bootstrap, topics, state, replay_engine, replay_sink)
+
+
+def _name(pid: int) -> str:
+    from pathlib import Path
+
+    return Path(f"/proc/{pid}/comm").read_text().strip()
 
 
 def test_a_bad_config_exits_2_and_a_corrupt_checkpoint_refuses_to_start(kafka_bootstrap, tmp_path):

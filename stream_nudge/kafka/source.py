@@ -1,7 +1,12 @@
 """The Kafka source: the docs and events topics as one consumer group, offsets from the checkpoint.
 
-Documents go first: while any docs partition has records not yet consumed, the events partitions
-are paused, so clicks meet their documents (as in a replay, which reads all documents first).
+The consumer runs in a child process (see :mod:`stream_nudge.kafka.worker`), one batch ahead: while
+the engine works on a batch, the child already polls (fetches and parses) the next. The parent keeps
+the truth about positions: the next offset of every partition, advanced only by the records it has
+handed to the engine. Documents go first: while any docs partition has records not yet consumed,
+the child pauses the events partitions, so clicks meet their documents (as in a replay, which reads
+all documents first). Before the child gives partitions up in a rebalance, it asks the parent to
+checkpoint (``on_revoke``) and waits until it has.
 """
 
 from __future__ import annotations
@@ -11,18 +16,27 @@ import time
 from collections.abc import Callable
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from stream_nudge.config import Config
 from stream_nudge.kafka.common import client_settings
+from stream_nudge.kafka.worker import ChildGone, Worker, child_setup, receive_command
 from stream_nudge.messages import Record
 
-__all__ = ["KafkaSource"]
+__all__ = ["KafkaSource", "SourceError"]
 
 log = logging.getLogger(__name__)
 
 # How often the end offsets (for lag and for "documents first") are asked of the broker.
 _END_OFFSETS_EVERY_S = 1.0
+# How long to wait for the consumer process to answer, beyond kafka-python's own timeouts
+# (a poll takes at most poll_timeout_ms, but a rebalance or a broker outage can hold it longer).
+_ANSWER_TIMEOUT_S = 600.0
+
+
+class SourceError(KafkaError):
+    """The consumer process reported a Kafka error, or stopped."""
 
 
 class KafkaSource:
@@ -44,11 +58,11 @@ class KafkaSource:
             for partition, offset in parts.items():
                 self.next_offsets[TopicPartition(topic, int(partition))] = int(offset)
         self.on_revoke = on_revoke
-        self.end_offsets: dict[TopicPartition, int] = {}
-        self._ends_at = 0.0
-        self._paused: set[TopicPartition] = set()
-        self.consumer = KafkaConsumer(
-            **client_settings(config),
+        self._lag: dict[TopicPartition, int] = {}
+        self._assigned = 0
+        self._asked = False
+        settings = dict(
+            client_settings(config),
             group_id=k.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -56,32 +70,36 @@ class KafkaSource:
             fetch_max_bytes=k.fetch_max_bytes,
             max_partition_fetch_bytes=k.max_partition_fetch_bytes,
         )
-        self.consumer.subscribe(list(self.kinds), listener=_Listener(self))
+        start = {(tp.topic, tp.partition): o for tp, o in self.next_offsets.items()}
+        self._worker = Worker(
+            _consume,
+            (settings, self.kinds, k.topics.docs, k.poll_timeout_ms, start),
+            "sn-consumer",
+            (config.logging.level, config.logging.format),
+        )
+        self._answer("ready")
 
     # --- the Source interface ---------------------------------------------------------------
 
     def next_batch(self, max_records: int) -> list[Record]:
-        self._documents_first()
-        polled = self.consumer.poll(
-            timeout_ms=self.config.kafka.poll_timeout_ms, max_records=max_records
-        )
+        if not self._asked:
+            self._ask(max_records)
+        groups = self._answer("batch")
+        self._ask(max_records)  # the child polls the next batch while the engine works on this one
         docs, events = [], []
-        for tp, messages in polled.items():
-            kind = self.kinds.get(tp.topic)
+        for topic, partition, kind, offsets, stamps, keys, values in groups:
             target = docs if kind == "docs" else events
-            for m in messages:
-                ts = m.timestamp / 1000.0 if m.timestamp is not None and m.timestamp >= 0 else None
+            for offset, stamp, key, value in zip(offsets, stamps, keys, values, strict=True):
                 target.append(
                     Record(
                         kind,
-                        m.value,
-                        position=(tp.topic, tp.partition, m.offset),
-                        timestamp=ts,
-                        key=m.key,
+                        value,
+                        position=(topic, partition, offset),
+                        timestamp=stamp / 1000.0 if stamp is not None and stamp >= 0 else None,
+                        key=key,
                     )
                 )
-            if messages:
-                self.next_offsets[tp] = messages[-1].offset + 1
+            self.next_offsets[TopicPartition(topic, partition)] = offsets[-1] + 1
         return docs + events
 
     def position(self) -> dict:
@@ -91,89 +109,214 @@ class KafkaSource:
         return out
 
     def close(self) -> None:
-        self.consumer.close(autocommit=False)
+        """Stop the consumer process (a batch it polled ahead is dropped: its offsets are not ours)."""
+        try:
+            self._worker.send(("close",))
+            self._answer("closed", timeout=60.0, checkpoint_on_revoke=False)
+        except (ChildGone, KafkaError) as exc:
+            log.debug("closing the consumer: %s", exc)
+        self._worker.stop()
 
     # --- lag, ordering, commits --------------------------------------------------------------
 
     def refresh_end_offsets(self, force: bool = False) -> None:
+        """The consumer process refreshes them with every batch (at least every second)."""
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Records not yet consumed per assigned partition, as of the latest batch."""
+        return dict(self._lag)
+
+    def caught_up(self) -> bool:
+        """The latest batch was empty and left no assigned partition behind its end."""
+        lag = self._lag
+        return bool(lag) and len(lag) == self._assigned and not any(lag.values())
+
+    def commit(self) -> None:
+        """Tell the group where we are (for lag tools); the checkpoint stays the source of truth."""
+        offsets = {(tp.topic, tp.partition): o for tp, o in self.next_offsets.items()}
+        if offsets:
+            self._worker.send(("commit", offsets))
+
+    # --- talking to the consumer process -----------------------------------------------------
+
+    def _ask(self, max_records: int) -> None:
+        self._worker.send(("poll", max_records))
+        self._asked = True
+
+    def _answer(self, expected: str, timeout: float = _ANSWER_TIMEOUT_S, checkpoint_on_revoke=True):
+        """Wait for the child's answer, checkpointing on its way if it reports a revocation."""
+        while True:
+            message = self._worker.receive(timeout)
+            kind = message[0]
+            if kind == "revoked":
+                if checkpoint_on_revoke and self.on_revoke is not None:
+                    # Checkpoint before the partitions are given up, so that their next owner (or
+                    # our next assignment) starts exactly after what the state reflects.
+                    self.on_revoke()
+                    log.info("partitions revoked: checkpoint written before giving them up")
+                self._worker.send(("revoke_done",))
+            elif kind == "error":
+                raise SourceError(message[1])
+            elif kind == expected:
+                if kind == "batch":
+                    self._asked = False
+                    _, groups, lag, assigned = message
+                    self._lag = {TopicPartition(t, p): n for (t, p), n in lag.items()}
+                    self._assigned = assigned
+                    return groups
+                return message[1:]
+            # else: a batch polled ahead while closing; dropped
+
+
+class _Consumer:
+    """The child's side: the kafka-python consumer and what it knows of positions and ends."""
+
+    def __init__(self, connection, settings, kinds, docs_topic, poll_timeout_ms, start):
+        self.connection = connection
+        self.kinds = kinds
+        self.docs_topic = docs_topic
+        self.poll_timeout_ms = poll_timeout_ms
+        self.next_offsets = {TopicPartition(t, p): o for (t, p), o in start.items()}
+        self.end_offsets: dict[TopicPartition, int] = {}
+        self.ends_at = 0.0
+        self.paused: set[TopicPartition] = set()
+        self.closing = False
+        self.consumer = KafkaConsumer(**settings)
+        self.consumer.subscribe(list(kinds), listener=_Listener(self))
+
+    def poll(self, max_records: int):
+        self.documents_first()
+        polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=max_records)
+        groups = []
+        for tp, messages in polled.items():
+            if not messages:
+                continue
+            groups.append(
+                (
+                    tp.topic,
+                    tp.partition,
+                    self.kinds.get(tp.topic, "events"),
+                    [m.offset for m in messages],
+                    [m.timestamp for m in messages],
+                    [m.key for m in messages],
+                    [m.value for m in messages],
+                )
+            )
+            self.next_offsets[tp] = messages[-1].offset + 1
+        # An empty poll may mean "caught up": then the ends are asked afresh.
+        self.refresh_end_offsets(force=not groups)
+        assigned = self.consumer.assignment()
+        lag = {}
+        for tp in assigned:
+            end = self.end_offsets.get(tp)
+            if end is not None:
+                lag[(tp.topic, tp.partition)] = max(0, end - self.next_offsets.get(tp, 0))
+        return groups, lag, len(assigned)
+
+    def refresh_end_offsets(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._ends_at < _END_OFFSETS_EVERY_S:
+        if not force and now - self.ends_at < _END_OFFSETS_EVERY_S:
             return
         assigned = list(self.consumer.assignment())
         if assigned:
             self.end_offsets.update(self.consumer.end_offsets(assigned))
-        self._ends_at = now
+        self.ends_at = now
 
-    def lag(self) -> dict[TopicPartition, int]:
-        out = {}
-        for tp in self.consumer.assignment():
-            end = self.end_offsets.get(tp)
-            if end is not None:
-                out[tp] = max(0, end - self.next_offsets.get(tp, 0))
-        return out
-
-    def caught_up(self) -> bool:
-        self.refresh_end_offsets(force=True)
-        lag = self.lag()
-        return bool(lag) and len(lag) == len(self.consumer.assignment()) and not any(lag.values())
-
-    def _documents_first(self) -> None:
+    def documents_first(self) -> None:
         assigned = self.consumer.assignment()
         if not assigned:
             return
-        self.refresh_end_offsets(force=bool(self._paused))
-        docs_topic = self.config.kafka.topics.docs
+        self.refresh_end_offsets(force=bool(self.paused))
         behind = any(
-            tp.topic == docs_topic and self.end_offsets.get(tp, 0) > self.next_offsets.get(tp, 0)
+            tp.topic == self.docs_topic
+            and self.end_offsets.get(tp, 0) > self.next_offsets.get(tp, 0)
             for tp in assigned
         )
-        events = {tp for tp in assigned if tp.topic != docs_topic}
-        if behind and events - self._paused:
+        events = {tp for tp in assigned if tp.topic != self.docs_topic}
+        if behind and events - self.paused:
             self.consumer.pause(*events)
-            self._paused |= events
-        elif not behind and self._paused:
-            self.consumer.resume(*self._paused)
-            self._paused.clear()
+            self.paused |= events
+        elif not behind and self.paused:
+            self.consumer.resume(*self.paused)
+            self.paused.clear()
 
-    def commit(self) -> None:
-        """Tell the group where we are (for lag tools); the checkpoint stays the source of truth."""
-        offsets = {
+    def commit(self, offsets: dict) -> None:
+        assigned = self.consumer.assignment()
+        chosen = {
             tp: OffsetAndMetadata(o, "", -1)
-            for tp, o in self.next_offsets.items()
-            if tp in self.consumer.assignment()
+            for (t, p), o in offsets.items()
+            if (tp := TopicPartition(t, p)) in assigned
         }
-        if offsets:
+        if chosen:
             try:
-                self.consumer.commit(offsets)
+                self.consumer.commit(chosen)
             except Exception as exc:  # informational only: a failed commit loses nothing
                 log.warning("could not commit offsets to the group: %s", exc)
 
+    def wait_for_checkpoint(self) -> None:
+        """Tell the parent partitions are being revoked; serve its commit until it has checkpointed."""
+        self.connection.send(("revoked",))
+        while True:
+            command = receive_command(self.connection)
+            if command is None or command[0] == "revoke_done":
+                return
+            if command[0] == "commit":
+                self.commit(command[1])
+
 
 class _Listener(ConsumerRebalanceListener):
-    def __init__(self, source: KafkaSource):
-        self.source = source
+    def __init__(self, owner: _Consumer):
+        self.owner = owner
 
     def on_partitions_revoked(self, revoked):
-        if revoked and self.source.on_revoke is not None:
-            # Checkpoint before giving partitions up, so that their next owner (or our next
-            # assignment) starts exactly after what the state reflects.
-            self.source.on_revoke()
-            log.info("partitions revoked: checkpoint written before giving them up")
-        self.source._paused -= set(revoked)
+        if revoked and not self.owner.closing:
+            self.owner.wait_for_checkpoint()
+        self.owner.paused -= set(revoked)
 
     def on_partitions_assigned(self, assigned):
-        consumer = self.source.consumer
+        owner = self.owner
+        consumer = owner.consumer
         for tp in assigned:
-            offset = self.source.next_offsets.get(tp)
+            offset = owner.next_offsets.get(tp)
             if offset is None:
                 consumer.seek_to_beginning(tp)
-                self.source.next_offsets[tp] = 0
+                owner.next_offsets[tp] = 0
             else:
                 consumer.seek(tp, offset)
-        # Events wait until the documents are caught up (decided at the next batch): paused here,
+        # Events wait until the documents are caught up (decided at the next poll): paused here,
         # before the first fetch, so that no event can overtake the documents at start.
-        events = [tp for tp in assigned if self.source.kinds.get(tp.topic) == "events"]
+        events = [tp for tp in assigned if owner.kinds.get(tp.topic) == "events"]
         if events:
             consumer.pause(*events)
-            self.source._paused |= set(events)
+            owner.paused |= set(events)
         log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)))
+
+
+def _consume(connection, parent_pid, setup, settings, kinds, docs_topic, poll_timeout_ms, start):
+    """The consumer process: poll when asked, commit when told, until told to close."""
+    child_setup(parent_pid, setup)
+    try:
+        owner = _Consumer(connection, settings, kinds, docs_topic, poll_timeout_ms, start)
+    except Exception as exc:
+        connection.send(("error", f"{exc.__class__.__name__}: {exc}"))
+        return
+    connection.send(("ready",))
+    while True:
+        command = receive_command(connection)
+        if command is None:  # the parent is gone
+            owner.closing = True
+            owner.consumer.close(autocommit=False)
+            return
+        op = command[0]
+        try:
+            if op == "poll":
+                connection.send(("batch", *owner.poll(command[1])))
+            elif op == "commit":
+                owner.commit(command[1])
+            elif op == "close":
+                owner.closing = True
+                owner.consumer.close(autocommit=False)
+                connection.send(("closed",))
+                return
+        except Exception as exc:
+            connection.send(("error", f"{exc.__class__.__name__}: {exc}"))

@@ -1,0 +1,104 @@
+"""Kafka clients in their own processes, so that kafka-python's per-record work runs beside the engine.
+
+kafka-python is pure Python: parsing fetched records and building produced ones costs tens of
+microseconds per record under the one GIL the engine also needs. The service therefore runs its
+consumer and its producer each in a child process (started with ``spawn``: the parent has threads,
+so forking it is unsafe), talking to the parent over a pipe. A child must never outlive the
+service: a producer left behind could write an older generation of a document after a restart.
+So a child asks the kernel to kill it when its parent dies (``PR_SET_PDEATHSIG``), ignores SIGINT
+and SIGTERM (a Ctrl-C reaches the whole process group, but the parent decides when the child
+stops: after its final checkpoint), and exits when the pipe to its parent closes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+
+__all__ = ["ChildGone", "Worker", "child_setup"]
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+
+
+class ChildGone(ConnectionError):
+    """The child process stopped answering (it crashed, or was killed)."""
+
+
+def child_setup(parent_pid: int, setup: tuple[str, str, str]) -> None:
+    """Run first in every child: die with the parent, leave signals to it, log as it does.
+
+    ``setup`` is (process name, logging level, logging format); the name (at most 15 bytes) is
+    what ``ps -o comm`` and ``/proc/PID/comm`` show.
+    """
+    name, *logs = setup
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the closed pipe still ends the child
+        pass
+    if os.getppid() != parent_pid:  # the parent died before the request above took effect
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from stream_nudge.observability import setup_logging
+
+    setup_logging(*logs)
+
+
+class Worker:
+    """A child process running ``target(connection, parent_pid, setup, *args)`` and the pipe to it.
+
+    ``name`` names the process (for ``ps``); ``logs`` is the service's logging level and format, for
+    the child to log the same way; ``setup`` hands both to :func:`child_setup`.
+    """
+
+    def __init__(self, target: Callable, args: tuple, name: str, logs: tuple[str, str]):
+        context = multiprocessing.get_context("spawn")
+        self.connection, theirs = context.Pipe()
+        self.process = context.Process(
+            target=target, args=(theirs, os.getpid(), (name, *logs), *args), name=name, daemon=True
+        )
+        self.process.start()
+        theirs.close()
+        self.name = name
+
+    def send(self, message) -> None:
+        try:
+            self.connection.send(message)
+        except (OSError, ValueError) as exc:
+            raise ChildGone(f"{self.name} is gone ({exc})") from exc
+
+    def receive(self, timeout: float | None = None):
+        """The child's next message; ChildGone if it died or sent nothing within ``timeout``."""
+        try:
+            if not self.connection.poll(timeout):
+                raise ChildGone(f"{self.name} did not answer within {timeout} s")
+            return self.connection.recv()
+        except (EOFError, OSError) as exc:
+            raise ChildGone(f"{self.name} is gone ({exc!r})") from exc
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Close the pipe (the child then exits) and wait; kill it if it does not."""
+        self.connection.close()
+        self.process.join(timeout)
+        if self.process.is_alive():
+            log.warning("%s did not exit within %.0f s: killing it", self.name, timeout)
+            self.process.kill()
+            self.process.join(5)
+
+
+def receive_command(connection: Connection):
+    """In a child: the parent's next command, or None when the parent is gone."""
+    try:
+        return connection.recv()
+    except (EOFError, OSError):
+        return None
