@@ -17,6 +17,7 @@ reader of the updates topic matches each update of document X to the clicks on X
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import socket
@@ -94,6 +95,14 @@ def fill(bootstrap, topic, messages, keys=None):
     producer.close()
 
 
+def decode_vector(value: bytes) -> np.ndarray:
+    """The bare decode: orjson.loads plus the float32 array, from a JSON list or base64."""
+    obj = orjson.loads(value)
+    if "query_embedding" in obj:
+        return np.array(obj["query_embedding"], dtype=np.float32)
+    return np.frombuffer(base64.b64decode(obj["query_embedding_b64"]), dtype="<f4").copy()
+
+
 def consume_all(bootstrap, topic, n, decode=False, start=None) -> float:
     """Seconds for a bare kafka-python loop to read ``n`` records of ``topic`` from ``start``."""
     consumer = KafkaConsumer(
@@ -114,7 +123,7 @@ def consume_all(bootstrap, topic, n, decode=False, start=None) -> float:
             seen += len(records)
             if decode:
                 for r in records:
-                    np.array(orjson.loads(r.value)["query_embedding"], dtype=np.float32)
+                    decode_vector(r.value)
     elapsed = time.perf_counter() - t0
     consumer.close()
     return elapsed
@@ -128,7 +137,7 @@ def end_offsets(bootstrap, topic) -> dict[int, int]:
     return out
 
 
-def make_messages(n_docs, n_events, dim, seed=0):
+def make_messages(n_docs, n_events, dim, seed=0, vectors="json"):
     rng = np.random.default_rng(seed)
     # Documents in topics of 25 (near neighbours to confuse), as in the demo.
     centres = rng.normal(size=(max(1, n_docs // 25), dim))
@@ -147,9 +156,14 @@ def make_messages(n_docs, n_events, dim, seed=0):
     queries = (
         docs[targets] @ warp.T + rng.normal(scale=1.5 / np.sqrt(dim), size=(n_events, dim))
     ).astype(np.float32)
+    if vectors == "json":
+        field, payload = "query_embedding", list(queries)
+    else:
+        field = "query_embedding_b64"
+        payload = [base64.b64encode(q.astype("<f4").tobytes()).decode() for q in queries]
     event_msgs = [
         orjson.dumps(
-            {"query_id": f"q-{i}", "query_embedding": queries[i], "doc_id": f"doc-{targets[i]}"},
+            {"query_id": f"q-{i}", field: payload[i], "doc_id": f"doc-{targets[i]}"},
             option=NUMPY,
         )
         for i in range(n_events)
@@ -157,9 +171,9 @@ def make_messages(n_docs, n_events, dim, seed=0):
     return doc_msgs, event_msgs, docs, warp
 
 
-def throughput(bootstrap, n_docs, n_events, dim, warm_events):
+def throughput(bootstrap, n_docs, n_events, dim, warm_events, vectors="json"):
     tag, topics = new_topics(bootstrap, "")
-    doc_msgs, event_msgs, _, _ = make_messages(n_docs, warm_events + n_events, dim)
+    doc_msgs, event_msgs, _, _ = make_messages(n_docs, warm_events + n_events, dim, vectors=vectors)
     fill(bootstrap, topics["docs"], doc_msgs)
     fill(bootstrap, topics["events"], event_msgs[:warm_events])
     config = load_config(
@@ -171,6 +185,8 @@ def throughput(bootstrap, n_docs, n_events, dim, warm_events):
                 "partitions": 3,
             },
             "gamma": {"every_events": 0, "every_seconds": 0},
+            # Updates go out in the encoding the events came in.
+            "publish": {"encoding": vectors},
         }
     )
     ensure_topics(config)
@@ -207,6 +223,7 @@ def throughput(bootstrap, n_docs, n_events, dim, warm_events):
     source.close()
     sink.close()
     out = {
+        "vectors": vectors,
         "events": n_events,
         "warm_gamma": warm_gamma,
         "updates_published": updates,
@@ -218,7 +235,7 @@ def throughput(bootstrap, n_docs, n_events, dim, warm_events):
         "final_selection_s": final,
     }
     print(
-        f"throughput: pipeline {out['pipeline_events_per_s']:,.0f} events/s "
+        f"throughput ({vectors} vectors): pipeline {out['pipeline_events_per_s']:,.0f} events/s "
         f"({updates:,} updates published, gamma {warm_gamma:.4f}); bare consume "
         f"{out['bare_consume_events_per_s']:,.0f}/s -> {out['ratio_to_bare']:.2f}x; consume+decode "
         f"{out['consume_and_decode_events_per_s']:,.0f}/s -> {out['ratio_to_decode']:.2f}x "
@@ -364,6 +381,12 @@ def main(argv=None):
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--latency-docs", type=int, default=2000, help="documents in the latency run")
     p.add_argument("--only", choices=["throughput", "latency"])
+    p.add_argument(
+        "--vectors",
+        choices=["json", "base64", "both"],
+        default="both",
+        help="how the events' vectors (and so the updates') are encoded in the throughput run",
+    )
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
     env = None
@@ -373,7 +396,10 @@ def main(argv=None):
     try:
         results = {}
         if a.only in (None, "throughput"):
-            results["throughput"] = throughput(bootstrap, a.docs, a.events, a.dim, a.warm_events)
+            for vectors in ("json", "base64") if a.vectors == "both" else (a.vectors,):
+                results[f"throughput_{vectors}"] = throughput(
+                    bootstrap, a.docs, a.events, a.dim, a.warm_events, vectors
+                )
         if a.only in (None, "latency"):
             results["latency"] = latency(bootstrap, a.latency_docs, a.dim, a.rate, a.seconds)
     finally:

@@ -25,6 +25,7 @@ __all__ = [
     "DocUpsert",
     "Event",
     "Record",
+    "Updates",
     "encode_dead_letter",
     "encode_tombstone",
     "encode_update",
@@ -504,6 +505,44 @@ def encode_update(
         },
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
+
+
+@dataclass(slots=True)
+class Updates:
+    """Update messages not yet encoded: what they share and, per document, id, vector, generation.
+
+    The engine hands these to its sinks as they are, so that a sink that sends them elsewhere
+    (the Kafka producer process) can encode them there rather than in the engine's process.
+    """
+
+    ids: list[str]
+    vectors: np.ndarray  # (n, d) float32, the fine-tuned embeddings
+    generations: np.ndarray  # (n,) int64
+    method: str
+    gamma: float
+    similarity: str
+    encoding: str
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def encoded(self) -> list[tuple[str, bytes, bytes, int]]:
+        """``(key, value, line, generation)`` per update, as :class:`Output.messages` holds them."""
+        out = []
+        for doc_id, vector, generation in zip(
+            self.ids, self.vectors, self.generations.tolist(), strict=True
+        ):
+            value = encode_update(
+                doc_id,
+                vector,
+                self.method,
+                self.gamma,
+                generation,
+                self.similarity,
+                self.encoding,
+            )
+            out.append((doc_id, value, value, generation))
+        return out
 
 
 def encode_tombstone(doc_id: str, generation: int) -> bytes:

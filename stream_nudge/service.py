@@ -184,7 +184,7 @@ class Service:
 
     def _emit(self, output: Output) -> None:
         self.sink.write(output)
-        self.metrics.updates.inc(len(output.messages))
+        self.metrics.updates.inc(output.message_count)
         for letter in output.dead_letters:
             self.metrics.dead_letters.labels(letter.reason).inc()
         for report in output.selections:

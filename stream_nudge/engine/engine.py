@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,8 +31,8 @@ from stream_nudge.messages import (
     DocUpsert,
     Event,
     Record,
+    Updates,
     encode_tombstone,
-    encode_update,
     query_hash,
 )
 
@@ -50,18 +50,37 @@ _TIMELESS = (math.nan, math.nan)
 _SPLIT_CACHE = 100_000
 
 
-@dataclass
 class Output:
     """What one call produced, in the order a sink must write it.
 
     ``messages`` holds ``(key, value, line, generation)`` for the updates stream: ``value`` is the
     encoded update, or None for a deleted document (a Kafka tombstone); ``line`` is the JSONL form
-    (the update itself, or ``{"id": ..., "deleted": true}``).
+    (the update itself, or ``{"id": ..., "deleted": true}``). Tombstones come first, then the
+    updates, which are kept unencoded in ``updates`` until ``messages`` is first read: a sink may
+    instead take :attr:`tombstones` and :attr:`updates` and encode the updates elsewhere.
     """
 
-    messages: list[tuple[str, bytes | None, bytes, int]] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    selections: list[SelectionReport] = field(default_factory=list)
+    __slots__ = ("_messages", "dead_letters", "selections", "tombstones", "updates")
+
+    def __init__(self):
+        self.tombstones: list[tuple[str, None, bytes, int]] = []
+        self.updates: Updates | None = None
+        self.dead_letters: list[DeadLetter] = []
+        self.selections: list[SelectionReport] = []
+        self._messages: list[tuple[str, bytes | None, bytes, int]] | None = None
+
+    @property
+    def messages(self) -> list[tuple[str, bytes | None, bytes, int]]:
+        if self._messages is None:
+            self._messages = list(self.tombstones)
+            if self.updates is not None:
+                self._messages.extend(self.updates.encoded())
+        return self._messages
+
+    @property
+    def message_count(self) -> int:
+        """How many messages (tombstones and updates), without encoding any."""
+        return len(self.tombstones) + (len(self.updates) if self.updates is not None else 0)
 
 
 @dataclass(frozen=True)
@@ -216,7 +235,7 @@ class Engine:
         self._changed.discard(row)
         self._forced.discard(row)
         self.generation += 1
-        out.messages.append(
+        out.tombstones.append(
             (doc.id, None, encode_tombstone(doc.id, self.generation), self.generation)
         )
 
@@ -499,25 +518,27 @@ class Engine:
             emit |= np.isin(rows, np.fromiter(forced, dtype=np.int64))
         if current is None and emit.any():
             current = self._embeddings(rows)
+        emitted = np.flatnonzero(emit)
+        if len(emitted) == 0:
+            return
         c = self.config
-        for i in np.flatnonzero(emit):
-            row = int(rows[i])
-            self.generation += 1
-            doc_id = docs.ids[row]
-            value = encode_update(
-                doc_id,
-                current[i],
-                c.method,
-                self.gamma,
-                self.generation,
-                c.similarity,
-                c.publish.encoding,
-            )
-            out.messages.append((doc_id, value, value, self.generation))
-            slot = int(docs.slot_of[row])
-            if slot >= 0:
-                docs.published[slot] = current[i]
-                docs.has_published[slot] = True
+        vectors = current[emitted]
+        generations = self.generation + 1 + np.arange(len(emitted), dtype=np.int64)
+        self.generation += len(emitted)
+        chosen = rows[emitted]
+        slots = docs.slot_of[chosen]
+        kept = slots >= 0
+        docs.published[slots[kept]] = vectors[kept]
+        docs.has_published[slots[kept]] = True
+        out.updates = Updates(
+            [docs.ids[r] for r in chosen.tolist()],
+            vectors,
+            generations,
+            c.method,
+            self.gamma,
+            c.similarity,
+            c.publish.encoding,
+        )
         self.counts["updates"] += int(emit.sum())
 
 

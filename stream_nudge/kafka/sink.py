@@ -17,7 +17,7 @@ from stream_nudge.config import Config
 from stream_nudge.engine import Output
 from stream_nudge.kafka.common import client_settings
 from stream_nudge.kafka.worker import ChildGone, Worker, child_setup, receive_command
-from stream_nudge.messages import encode_dead_letter
+from stream_nudge.messages import Updates, encode_dead_letter
 
 __all__ = ["KafkaSink", "SinkError"]
 
@@ -56,19 +56,31 @@ class KafkaSink:
             raise SinkError(f"the producer could not start: {reply[1]}")
 
     def write(self, output: Output) -> None:
-        batch = [
-            (0, key.encode(), value, generation) for key, value, _, generation in output.messages
+        """Hand the output to the producer process: updates travel unencoded (it encodes them)."""
+        tombstones = [
+            (0, key.encode(), None, generation) for key, _, _, generation in output.tombstones
         ]
-        batch.extend(
+        letters = [
             (1, letter.record.key, encode_dead_letter(letter), letter.reason)
             for letter in output.dead_letters
-        )
-        if batch:
+        ]
+        updates = output.updates
+        if updates is not None:
+            updates = (
+                updates.ids,
+                updates.vectors,
+                updates.generations,
+                updates.method,
+                updates.gamma,
+                updates.similarity,
+                updates.encoding,
+            )
+        if tombstones or letters or updates is not None:
             try:
-                self._worker.send(("send", batch))
+                self._worker.send(("send", tombstones, updates, letters))
             except ChildGone as exc:
                 raise SinkError(str(exc)) from exc
-        self.updates_sent += len(output.messages)
+        self.updates_sent += output.message_count
         self.dead_letters_sent += len(output.dead_letters)
 
     def flush(self, timeout: float | None = None) -> None:
@@ -131,6 +143,7 @@ def _produce(connection, parent_pid: int, setup, settings: dict, topics: tuple[s
         return
     connection.send(("ready", None))
     failures: list[str] = []
+    send = producer.send
 
     def failed(exc) -> None:
         failures.append(f"{exc.__class__.__name__}: {exc}")
@@ -144,9 +157,16 @@ def _produce(connection, parent_pid: int, setup, settings: dict, topics: tuple[s
         if op == "send":
             if failures:  # the parent restarts from its checkpoint at the next flush anyway
                 continue
-            send = producer.send
+            _, tombstones, updates, letters = command
             try:
-                for topic, key, value, tag in command[1]:
+                # Tombstones first, then updates, as the engine ordered them; then dead letters.
+                messages = tombstones
+                if updates is not None:
+                    messages = messages + [
+                        (0, key.encode(), value, generation)
+                        for key, value, _, generation in Updates(*updates).encoded()
+                    ]
+                for topic, key, value, tag in messages + letters:
                     header = (
                         ("generation", str(tag).encode())
                         if topic == 0
