@@ -103,8 +103,9 @@ def decode_vector(value: bytes) -> np.ndarray:
     return np.frombuffer(base64.b64decode(obj["query_embedding_b64"]), dtype="<f4").copy()
 
 
-def consume_all(bootstrap, topic, n, decode=False, start=None) -> float:
-    """Seconds for a bare kafka-python loop to read ``n`` records of ``topic`` from ``start``."""
+def consume_all(bootstrap, topic, n, decode=False, start=None) -> tuple[float, float]:
+    """Seconds (wall, and CPU of this process) for a bare kafka-python loop to read ``n`` records
+    of ``topic`` from ``start``."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -117,16 +118,23 @@ def consume_all(bootstrap, topic, n, decode=False, start=None) -> float:
     for tp in parts:
         consumer.seek(tp, (start or {}).get(tp.partition, 0))
     seen = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     while seen < n:
         for records in consumer.poll(timeout_ms=1000, max_records=1000).values():
             seen += len(records)
             if decode:
                 for r in records:
                     decode_vector(r.value)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     consumer.close()
-    return elapsed
+    return elapsed, cpu
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far, from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def end_offsets(bootstrap, topic) -> dict[int, int]:
@@ -171,7 +179,7 @@ def make_messages(n_docs, n_events, dim, seed=0, vectors="json"):
     return doc_msgs, event_msgs, docs, warp
 
 
-def throughput(bootstrap, n_docs, n_events, dim, warm_events, vectors="json"):
+def throughput(bootstrap, n_docs, n_events, dim, warm_events, vectors="json", broker_pid=None):
     tag, topics = new_topics(bootstrap, "")
     doc_msgs, event_msgs, _, _ = make_messages(n_docs, warm_events + n_events, dim, vectors=vectors)
     fill(bootstrap, topics["docs"], doc_msgs)
@@ -205,9 +213,19 @@ def throughput(bootstrap, n_docs, n_events, dim, warm_events, vectors="json"):
     # Then the timed events are added to the topic, and read by the baselines and the pipeline.
     start = end_offsets(bootstrap, topics["events"])
     fill(bootstrap, topics["events"], event_msgs[warm_events:])
-    bare = consume_all(bootstrap, topics["events"], n_events, start=start)
-    decoded = consume_all(bootstrap, topics["events"], n_events, decode=True, start=start)
+    bare, bare_cpu = consume_all(bootstrap, topics["events"], n_events, start=start)
+    decoded, _ = consume_all(bootstrap, topics["events"], n_events, decode=True, start=start)
     sent = sink.updates_sent
+    # CPU of each process of the pipeline over the timed part: on 2 cores, the ratio to the bare
+    # loop cannot exceed 2 x (its CPU per event) / (the pipeline's CPU per event).
+    pids = {
+        "engine": os.getpid(),
+        "consumer": source._worker.pid,
+        "producer": sink._worker.pid,
+    }
+    if broker_pid is not None:
+        pids["broker"] = broker_pid
+    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     t0 = time.perf_counter()
     while engine.events < warm_events + n_events:
         batch = source.next_batch(config.kafka.max_poll_records)
@@ -215,6 +233,7 @@ def throughput(bootstrap, n_docs, n_events, dim, warm_events, vectors="json"):
             sink.write(engine.process(batch))
     sink.flush()  # the clock stops when the last update is acknowledged
     mine = time.perf_counter() - t0
+    cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
     updates = sink.updates_sent - sent
     t0 = time.perf_counter()
     sink.write(engine.finish())
@@ -233,13 +252,18 @@ def throughput(bootstrap, n_docs, n_events, dim, warm_events, vectors="json"):
         "ratio_to_bare": bare / mine,
         "ratio_to_decode": decoded / mine,
         "final_selection_s": final,
+        "cpu_us_per_event": {name: 1e6 * c / n_events for name, c in cpu.items()},
+        "bare_cpu_us_per_event": 1e6 * bare_cpu / n_events,
     }
+    per = ", ".join(f"{name} {us:.0f}" for name, us in out["cpu_us_per_event"].items())
     print(
         f"throughput ({vectors} vectors): pipeline {out['pipeline_events_per_s']:,.0f} events/s "
         f"({updates:,} updates published, gamma {warm_gamma:.4f}); bare consume "
         f"{out['bare_consume_events_per_s']:,.0f}/s -> {out['ratio_to_bare']:.2f}x; consume+decode "
         f"{out['consume_and_decode_events_per_s']:,.0f}/s -> {out['ratio_to_decode']:.2f}x "
-        f"(final selection {final:.2f} s)"
+        f"(final selection {final:.2f} s)\n  CPU us/event: {per} (total "
+        f"{sum(out['cpu_us_per_event'].values()):.0f}); bare consume loop "
+        f"{out['bare_cpu_us_per_event']:.0f}"
     )
     return out
 
@@ -373,6 +397,7 @@ def main(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--bootstrap")
+    p.add_argument("--broker-pid", type=int, help="to count the broker's CPU with --bootstrap")
     p.add_argument("--docs", type=int, default=20_000)
     p.add_argument("--events", type=int, default=100_000)
     p.add_argument("--warm-events", type=int, default=10_000, help="clicks before the timed part")
@@ -391,14 +416,17 @@ def main(argv=None):
     a = p.parse_args(argv)
     env = None
     bootstrap = a.bootstrap
+    broker_pid = a.broker_pid
     if bootstrap is None:
-        bootstrap, env = start_broker(Path(f"/tmp/bench-kafka-{os.getpid()}"))
+        run_dir = Path(f"/tmp/bench-kafka-{os.getpid()}")
+        bootstrap, env = start_broker(run_dir)
+        broker_pid = int((run_dir / "kafka.pid").read_text())
     try:
         results = {}
         if a.only in (None, "throughput"):
             for vectors in ("json", "base64") if a.vectors == "both" else (a.vectors,):
                 results[f"throughput_{vectors}"] = throughput(
-                    bootstrap, a.docs, a.events, a.dim, a.warm_events, vectors
+                    bootstrap, a.docs, a.events, a.dim, a.warm_events, vectors, broker_pid
                 )
         if a.only in (None, "latency"):
             results["latency"] = latency(bootstrap, a.latency_docs, a.dim, a.rate, a.seconds)

@@ -140,7 +140,7 @@ def kafka_clients(pid: int, timeout: float = 60.0) -> dict[int, str]:
     """The service's consumer and producer processes, once both have started."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = {p: c for p, c in children(pid).items() if "multiprocessing.spawn" in c}
+        found = {p: c for p, c in children(pid).items() if "stream_nudge.kafka.child" in c}
         if len(found) >= 2:
             return found
         time.sleep(0.1)

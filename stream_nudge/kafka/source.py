@@ -1,7 +1,7 @@
 """The Kafka source: the docs and events topics as one consumer group, offsets from the checkpoint.
 
-The consumer runs in a child process (see :mod:`stream_nudge.kafka.worker`), one batch ahead: while
-the engine works on a batch, the child already polls (fetches and parses) the next. The parent keeps
+The consumer runs in a child process (see :mod:`stream_nudge.kafka.worker`), a batch or two ahead:
+while the engine works on a batch, the child already polls (fetches and parses) the next ones. The parent keeps
 the truth about positions: the next offset of every partition, advanced only by the records it has
 handed to the engine. Documents go first: while any docs partition has records not yet consumed,
 the child pauses the events partitions, so clicks meet their documents (as in a replay, which reads
@@ -33,6 +33,11 @@ _END_OFFSETS_EVERY_S = 1.0
 # How long to wait for the consumer process to answer, beyond kafka-python's own timeouts
 # (a poll takes at most poll_timeout_ms, but a rebalance or a broker outage can hold it longer).
 _ANSWER_TIMEOUT_S = 600.0
+# Polls asked of the child ahead of the engine: while the engine works on one batch, the child
+# fetches and parses the next ones (kafka-python fetches only inside poll). Each holds at most
+# max_poll_records records. Their records count only once the engine has had them, so a batch
+# polled ahead and dropped (at shutdown, or on a restart) is read again from the checkpoint.
+_POLLS_AHEAD = 2
 
 
 class SourceError(KafkaError):
@@ -60,7 +65,7 @@ class KafkaSource:
         self.on_revoke = on_revoke
         self._lag: dict[TopicPartition, int] = {}
         self._assigned = 0
-        self._asked = False
+        self._asked = 0
         settings = dict(
             client_settings(config),
             group_id=k.group_id,
@@ -82,10 +87,10 @@ class KafkaSource:
     # --- the Source interface ---------------------------------------------------------------
 
     def next_batch(self, max_records: int) -> list[Record]:
-        if not self._asked:
+        # The child polls the next batches while the engine works on this one.
+        while self._asked < _POLLS_AHEAD:
             self._ask(max_records)
         groups = self._answer("batch")
-        self._ask(max_records)  # the child polls the next batch while the engine works on this one
         docs, events = [], []
         for topic, partition, kind, offsets, stamps, keys, values in groups:
             target = docs if kind == "docs" else events
@@ -109,7 +114,7 @@ class KafkaSource:
         return out
 
     def close(self) -> None:
-        """Stop the consumer process (a batch it polled ahead is dropped: its offsets are not ours)."""
+        """Stop the consumer process (batches it polled ahead are dropped: their offsets are not ours)."""
         try:
             self._worker.send(("close",))
             self._answer("closed", timeout=60.0, checkpoint_on_revoke=False)
@@ -141,7 +146,7 @@ class KafkaSource:
 
     def _ask(self, max_records: int) -> None:
         self._worker.send(("poll", max_records))
-        self._asked = True
+        self._asked += 1
 
     def _answer(self, expected: str, timeout: float = _ANSWER_TIMEOUT_S, checkpoint_on_revoke=True):
         """Wait for the child's answer, checkpointing on its way if it reports a revocation."""
@@ -159,7 +164,7 @@ class KafkaSource:
                 raise SourceError(message[1])
             elif kind == expected:
                 if kind == "batch":
-                    self._asked = False
+                    self._asked -= 1
                     _, groups, lag, assigned = message
                     self._lag = {TopicPartition(t, p): n for (t, p), n in lag.items()}
                     self._assigned = assigned
@@ -181,6 +186,9 @@ class _Consumer:
         self.ends_at = 0.0
         self.paused: set[TopicPartition] = set()
         self.closing = False
+        # Commands that arrived while a rebalance waited for the parent's checkpoint (the parent
+        # asks for polls ahead): served, in order, once the rebalance is over.
+        self.deferred: list = []
         self.consumer = KafkaConsumer(**settings)
         self.consumer.subscribe(list(kinds), listener=_Listener(self))
 
@@ -262,6 +270,8 @@ class _Consumer:
                 return
             if command[0] == "commit":
                 self.commit(command[1])
+            else:
+                self.deferred.append(command)
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -302,7 +312,7 @@ def _consume(connection, parent_pid, setup, settings, kinds, docs_topic, poll_ti
         return
     connection.send(("ready",))
     while True:
-        command = receive_command(connection)
+        command = owner.deferred.pop(0) if owner.deferred else receive_command(connection)
         if command is None:  # the parent is gone
             owner.closing = True
             owner.consumer.close(autocommit=False)

@@ -2,8 +2,8 @@
 
 kafka-python is pure Python: parsing fetched records and building produced ones costs tens of
 microseconds per record under the one GIL the engine also needs. The service therefore runs its
-consumer and its producer each in a child process (started with ``spawn``: the parent has threads,
-so forking it is unsafe), talking to the parent over a pipe. A child must never outlive the
+consumer and its producer each in a child process (a fresh interpreter: the parent has threads, so
+forking it is unsafe), talking to the parent over a socket pair with multiprocessing's framing. A child must never outlive the
 service: a producer left behind could write an older generation of a document after a restart.
 So a child asks the kernel to kill it when its parent dies (``PR_SET_PDEATHSIG``), ignores SIGINT
 and SIGTERM (a Ctrl-C reaches the whole process group, but the parent decides when the child
@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import multiprocessing
 import os
 import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 __all__ = ["ChildGone", "Worker", "child_setup"]
 
@@ -58,18 +61,32 @@ class Worker:
     """A child process running ``target(connection, parent_pid, setup, *args)`` and the pipe to it.
 
     ``name`` names the process (for ``ps``); ``logs`` is the service's logging level and format, for
-    the child to log the same way; ``setup`` hands both to :func:`child_setup`.
+    the child to log the same way; ``setup`` hands both to :func:`child_setup`. The child is a fresh
+    interpreter (``python -m stream_nudge.kafka.child FD``) that receives the target and its
+    arguments over the pipe: unlike multiprocessing's ``spawn``, it never imports the parent's main
+    module, so any program may make a KafkaSource or KafkaSink, guarded by ``__main__`` or not.
     """
 
     def __init__(self, target: Callable, args: tuple, name: str, logs: tuple[str, str]):
-        context = multiprocessing.get_context("spawn")
-        self.connection, theirs = context.Pipe()
-        self.process = context.Process(
-            target=target, args=(theirs, os.getpid(), (name, *logs), *args), name=name, daemon=True
-        )
-        self.process.start()
-        theirs.close()
+        ours, theirs = socket.socketpair()
+        # The child imports this very stream_nudge, installed or not.
+        root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        with theirs:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "stream_nudge.kafka.child", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+        self.connection = Connection(ours.detach())
         self.name = name
+        self.send((target.__module__, target.__name__, os.getpid(), (name, *logs), args))
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def send(self, message) -> None:
         try:
@@ -89,11 +106,12 @@ class Worker:
     def stop(self, timeout: float = 15.0) -> None:
         """Close the pipe (the child then exits) and wait; kill it if it does not."""
         self.connection.close()
-        self.process.join(timeout)
-        if self.process.is_alive():
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
             log.warning("%s did not exit within %.0f s: killing it", self.name, timeout)
             self.process.kill()
-            self.process.join(5)
+            self.process.wait(5)
 
 
 def receive_command(connection: Connection):
