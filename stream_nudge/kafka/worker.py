@@ -12,14 +12,18 @@ stops: after its final checkpoint), and exits when the pipe to its parent closes
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -33,6 +37,13 @@ _PR_SET_NAME = 15
 
 class ChildGone(ConnectionError):
     """The child process stopped answering (it crashed, or was killed)."""
+
+
+@dataclass(frozen=True)
+class _Gone:
+    """What the reader thread leaves in the inbox when the child's end of the socket closes."""
+
+    reason: str
 
 
 def child_setup(parent_pid: int, setup: tuple[str, str, str]) -> None:
@@ -80,8 +91,15 @@ class Worker:
                 env=env,
                 stdin=subprocess.DEVNULL,
             )
-        self.connection = Connection(ours.detach())
+        self._socket = ours
+        self.connection = Connection(os.dup(ours.fileno()))
         self.name = name
+        # A thread takes the child's messages off the socket as they come (recv releases the GIL
+        # while it waits), so that a child sending a large batch never waits for the engine to
+        # finish its current one: the socket buffer holds far less than a batch.
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._reader = threading.Thread(target=self._read, name=f"{name} reader", daemon=True)
+        self._reader.start()
         self.send((target.__module__, target.__name__, os.getpid(), (name, *logs), args))
 
     @property
@@ -94,18 +112,34 @@ class Worker:
         except (OSError, ValueError) as exc:
             raise ChildGone(f"{self.name} is gone ({exc})") from exc
 
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self.connection.recv()
+            except (EOFError, OSError) as exc:
+                self._inbox.put(_Gone(repr(exc)))
+                return
+            self._inbox.put(message)
+
     def receive(self, timeout: float | None = None):
         """The child's next message; ChildGone if it died or sent nothing within ``timeout``."""
         try:
-            if not self.connection.poll(timeout):
-                raise ChildGone(f"{self.name} did not answer within {timeout} s")
-            return self.connection.recv()
-        except (EOFError, OSError) as exc:
-            raise ChildGone(f"{self.name} is gone ({exc!r})") from exc
+            message = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            raise ChildGone(f"{self.name} did not answer within {timeout} s") from None
+        if isinstance(message, _Gone):
+            self._inbox.put(message)  # for any later call too
+            raise ChildGone(f"{self.name} is gone ({message.reason})")
+        return message
 
     def stop(self, timeout: float = 15.0) -> None:
         """Close the pipe (the child then exits) and wait; kill it if it does not."""
+        # Shut the socket down first: that wakes the reader thread (a bare close would not).
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
+        self._reader.join(timeout)
         self.connection.close()
+        self._socket.close()
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
