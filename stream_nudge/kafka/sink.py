@@ -16,7 +16,7 @@ from kafka.partitioner import DefaultPartitioner
 from stream_nudge.config import Config
 from stream_nudge.engine import Output
 from stream_nudge.kafka.common import client_settings
-from stream_nudge.kafka.worker import ChildGone, Worker, child_setup, receive_command
+from stream_nudge.kafka.worker import ChildGone, Worker, child_setup, read_ahead
 from stream_nudge.messages import Updates, encode_dead_letter
 
 __all__ = ["KafkaSink", "SinkError"]
@@ -148,8 +148,9 @@ def _produce(connection, parent_pid: int, setup, settings: dict, topics: tuple[s
     def failed(exc) -> None:
         failures.append(f"{exc.__class__.__name__}: {exc}")
 
+    commands = read_ahead(connection)
     while True:
-        command = receive_command(connection)
+        command = commands.get()
         if command is None:  # the parent is gone: nothing more to send for it
             producer.close(timeout=0)
             return

@@ -3,11 +3,14 @@
 kafka-python is pure Python: parsing fetched records and building produced ones costs tens of
 microseconds per record under the one GIL the engine also needs. The service therefore runs its
 consumer and its producer each in a child process (a fresh interpreter: the parent has threads, so
-forking it is unsafe), talking to the parent over a socket pair with multiprocessing's framing. A child must never outlive the
-service: a producer left behind could write an older generation of a document after a restart.
-So a child asks the kernel to kill it when its parent dies (``PR_SET_PDEATHSIG``), ignores SIGINT
-and SIGTERM (a Ctrl-C reaches the whole process group, but the parent decides when the child
-stops: after its final checkpoint), and exits when the pipe to its parent closes.
+forking it is unsafe), talking to the parent over a socket pair with multiprocessing's framing.
+
+A child must never outlive the service: a producer left behind could write an older generation of
+a document after a restart. So a child asks the kernel to kill it when its parent dies
+(``PR_SET_PDEATHSIG``; strictly, when the parent *thread* that started it ends, so start workers
+from a thread that lives as long as they do, as the service's main thread does), ignores SIGINT and
+SIGTERM (a Ctrl-C reaches the whole process group, but the parent decides when the child stops:
+after its final checkpoint), and exits when the socket to its parent closes.
 """
 
 from __future__ import annotations
@@ -154,3 +157,21 @@ def receive_command(connection: Connection):
         return connection.recv()
     except (EOFError, OSError):
         return None
+
+
+def read_ahead(connection: Connection, depth: int = 2) -> queue.Queue:
+    """In a child: a queue of the parent's commands (None last, when the parent is gone), filled by
+    a thread, so that the parent's next large send is taken off the socket while the child still
+    works on the previous one. At most ``depth`` wait: beyond that the parent's sends block, which
+    bounds the memory when the child is the slower side."""
+    inbox: queue.Queue = queue.Queue(maxsize=depth)
+
+    def read() -> None:
+        while True:
+            command = receive_command(connection)
+            inbox.put(command)
+            if command is None:
+                return
+
+    threading.Thread(target=read, name="commands", daemon=True).start()
+    return inbox
