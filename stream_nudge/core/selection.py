@@ -666,8 +666,8 @@ class QueryCurves:
     """Each validation query's objective as a step function of the step size.
 
     The step is gamma for NUDGE-M and the angle theta for NUDGE-N. Query ``i`` is worth
-    ``base[i]`` just after 0 and changes by ``changes[j]`` at ``times[j]`` for every ``j`` with
-    ``query[j] == i``; its changes come in (time, change) order. Each query's part is a function
+    ``base[i]`` just after 0 and changes by ``changes[j]`` at ``times[j]`` (to ``levels[j]``) for
+    every ``j`` with ``query[j] == i``; its changes come in time order. Each query's part is a function
     of that query's scores alone, so it can be kept and reused while they do not change (see
     :mod:`stream_nudge.engine.scores`), and :func:`best_region` adds up any set of them.
 
@@ -681,6 +681,7 @@ class QueryCurves:
     query: np.ndarray
     times: np.ndarray
     changes: np.ndarray
+    levels: np.ndarray
     rise: np.ndarray | None = None
     fall: np.ndarray | None = None
 
@@ -698,8 +699,8 @@ def query_curves(
         init, ev_pair, ev_time, ev_delta = _curve_events(
             scores, objective.k, step_limit(method, max_gamma)
         )
-    base, q, t, change = _query_changes(scores, objective, init, ev_pair, ev_time, ev_delta)
-    return QueryCurves(base, q, t, change, rise, fall)
+    base, q, t, change, level = _query_changes(scores, objective, init, ev_pair, ev_time, ev_delta)
+    return QueryCurves(base, q, t, change, level, rise, fall)
 
 
 def step_limit(method: str, max_gamma: float | None) -> float:
@@ -735,7 +736,7 @@ def best_selection(
 
 def _best_region(scores, objective, upper, init, ev_pair, ev_time, ev_delta):
     """Turn per-pair count changes into the objective over the step; return its best region."""
-    base, _, t, change = _query_changes(scores, objective, init, ev_pair, ev_time, ev_delta)
+    base, _, t, change, _ = _query_changes(scores, objective, init, ev_pair, ev_time, ev_delta)
     return best_region(base, t, change, upper)
 
 
@@ -771,10 +772,9 @@ def _query_changes(scores, objective, init, ev_pair, ev_time, ev_delta):
     np.add.at(step, (np.arange(len(q)), frm), -1)
     np.add.at(step, (np.arange(len(q)), to), 1)
     hist_after = hist0[q] + _segment_cumsum(step, q)
-    change = objective.from_histograms(hist_after, n_rel[q]) - objective.from_histograms(
-        hist_after - step, n_rel[q]
-    )
-    return base, q, t, change
+    level = objective.from_histograms(hist_after, n_rel[q])
+    change = level - objective.from_histograms(hist_after - step, n_rel[q])
+    return base, q, t, change, level
 
 
 def best_region(base: np.ndarray, t: np.ndarray, change: np.ndarray, upper: float):

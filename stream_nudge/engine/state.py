@@ -110,6 +110,9 @@ class DocumentTable:
         self._geo_tangent = np.zeros((slot_capacity, dim), dtype=np.float32)
         self._geo_angle = np.zeros(slot_capacity, dtype=np.float64)
         self._geo_turnable = np.zeros(slot_capacity, dtype=bool)
+        # Bumped whenever a slot's sum or original changes (or the slot changes hands): whoever
+        # keeps something derived from a document can tell whether it is still current.
+        self.versions = np.zeros(slot_capacity, dtype=np.int64)
         self.free_slots: list[int] = []
         self.n_slots = 0
 
@@ -211,6 +214,7 @@ class DocumentTable:
             self._geo_tangent = _grown(self._geo_tangent, capacity)
             self._geo_angle = _grown(self._geo_angle, capacity)
             self._geo_turnable = _grown(self._geo_turnable, capacity, False)
+            self.versions = _grown(self.versions, capacity)
         out = np.empty(count, dtype=np.int64)
         out[: len(reused)] = reused
         out[len(reused) :] = np.arange(self.n_slots, self.n_slots + fresh)
@@ -292,6 +296,7 @@ class DocumentTable:
 
     def _forget_geometry(self, slots: np.ndarray) -> None:
         slots = slots[slots >= 0]
+        self.versions[slots] += 1
         self._geo_dir_ok[slots] = False
         self._geo_plane_ok[slots] = False
 

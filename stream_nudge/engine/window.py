@@ -74,6 +74,10 @@ class ValidationWindow:
         # from then (see Decay).
         self.born = np.full((capacity, 2), np.nan)
         self._unit_stale: list[int] = []
+        # A number per slot, new every time the slot takes a query: what was computed for one
+        # query is never taken for another that got its slot.
+        self.epoch = np.zeros(capacity, dtype=np.int64)
+        self._epochs = 0
         # Free slots, lowest last (popped first).
         self._free: list[int] = list(range(capacity - 1, -1, -1))
 
@@ -111,6 +115,8 @@ class ValidationWindow:
             self.slot_of[query_id] = slot
             self.order.append(query_id)
             self.query_ids[slot] = query_id
+            self._epochs += 1
+            self.epoch[slot] = self._epochs
             self.raw[slot] = vector
             self.born[slot] = born
             self._unit_stale.append(slot)
