@@ -178,3 +178,31 @@ def test_cache_reports_its_memory():
 
     cache = SelectionCache(2000, "nudge-n", parse_objective("hit@1"), None)
     assert cache.nbytes == 0
+
+
+@pytest.mark.parametrize("method", ["nudge-m", "nudge-n"])
+def test_a_query_away_from_a_selection_is_recomputed_when_it_comes_back(method):
+    # q1 loses its only answer (x is deleted) while y moves toward it, and the selection that sees
+    # y move runs without q1. When x comes back (same row, same vector), q1's inputs look as
+    # before, but what y does to it is new: its curve must not be taken from the cache.
+    ops = [
+        ("doc", "x", np.array([1.0, 0.0])),
+        ("doc", "z", np.array([0.0, 1.0])),
+        ("doc", "y", np.array([0.6, -0.8])),
+        ("train", np.array([0.0, -1.0]), "y", 1.0),
+        ("train", np.array([0.0, 1.0]), "z", 1.0),
+        ("val", "q1", np.array([1.0, 0.1]), "x"),
+        ("val", "q2", np.array([0.1, 1.0]), "z"),
+        ("select",),
+        ("delete", "x"),
+        ("train", np.array([1.0, 0.05]), "y", 50.0),
+        ("select",),
+        ("doc", "x", np.array([1.0, 0.0])),
+        ("select",),
+    ]
+    overrides = {
+        "method": method,
+        "validation": {"window": 2},
+        "gamma": {"every_events": 0, "every_seconds": 0},
+    }
+    assert _drive(ops, overrides) == 3
