@@ -219,14 +219,11 @@ class SelectionCache:
         """
         planes = self.method == "nudge-n"
         nudged = docs.nudged_rows()
-        directions, tangents, angles, can = docs.geometry(nudged, planes=planes)
+        # Directions and planes brought up to date; their vectors are gathered below only for the
+        # columns that need products.
+        _, _, angles, can = docs.geometry(nudged, planes=planes, vectors=False)
         if planes:
-            nudged, directions, tangents, angles = (
-                nudged[can],
-                directions[can],
-                tangents[can],
-                angles[can],
-            )
+            nudged, angles = nudged[can], angles[can]
         occupied = np.array([q is not None for q in window.query_ids], dtype=bool)
         present = occupied & (self.row_epoch == window.epoch)
         old, fresh, _ = self._sync_columns(docs, nudged, present)
@@ -239,11 +236,12 @@ class SelectionCache:
         unit = window.unit
 
         def columns(cols):
-            pos = col_pos[cols]
-            out = [docs.originals[self.col_rows[cols]], directions[pos]]
+            col_rows = self.col_rows[cols]
+            directions, tangents, _, _ = docs.geometry(col_rows, planes=planes)
+            out = [docs.originals[col_rows], directions]
             if planes:
-                out.append(tangents[pos])
-            return [x.astype(np.float32, copy=False) for x in out]
+                out.append(tangents)
+            return out
 
         # New values of changed columns for the rows kept; then whole rows for new queries.
         kept = np.flatnonzero(present)

@@ -300,14 +300,15 @@ class DocumentTable:
         self._geo_dir_ok[slots] = False
         self._geo_plane_ok[slots] = False
 
-    def geometry(self, rows: np.ndarray, planes: bool):
+    def geometry(self, rows: np.ndarray, planes: bool, vectors: bool = True):
         """What selecting gamma needs of nudged ``rows``, from the cache where still valid.
 
         Returns ``(directions, tangents, angles, turnable)``: unit query-sum directions as float32
         (the precision the score products use); with ``planes``, NUDGE-N's rotation planes
         (float32 tangents, float64 angles, see :func:`rotation`) and which rows can turn; else
         None for those three. Each row's values are computed on their own, so a cached value is
-        the one a fresh computation would give.
+        the one a fresh computation would give. Without ``vectors`` the two ``[n, dim]`` tables
+        are not gathered (None): a caller that needs them for a few rows only asks again.
         """
         slots = self.slot_of[rows]
         stale = ~(self._geo_plane_ok[slots] if planes else self._geo_dir_ok[slots])
@@ -324,10 +325,10 @@ class DocumentTable:
                 self._geo_turnable[fresh] = turnable(originals, directions)
                 self._geo_plane_ok[fresh] = True
         if not planes:
-            return self._geo_dir[slots], None, None, None
+            return self._geo_dir[slots] if vectors else None, None, None, None
         return (
-            self._geo_dir[slots],
-            self._geo_tangent[slots],
+            self._geo_dir[slots] if vectors else None,
+            self._geo_tangent[slots] if vectors else None,
             self._geo_angle[slots],
             self._geo_turnable[slots],
         )
