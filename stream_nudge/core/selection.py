@@ -274,13 +274,23 @@ def _line_gaps(scores: ValidationScores, rows: np.ndarray, q: np.ndarray, dtype)
     # Differences written straight into their place: one pass per table instead of a gather, a
     # concatenation and a subtraction. Untouched competitors have slope 0, so their dm is -m_a.
     dc = np.empty((len(rows), nn + scores.others.shape[1]), dtype=dtype)
-    np.subtract(np.take(scores.sims, q, axis=0), c_a[:, None], out=dc[:, :nn])
+    np.subtract(_take(scores.sims, q, 0), c_a[:, None], out=dc[:, :nn])
     np.subtract(np.asarray(scores.others, dtype)[q], c_a[:, None], out=dc[:, nn:])
     dm = np.empty_like(dc)
-    np.subtract(np.take(scores.pulls, q, axis=0), m_a[:, None], out=dm[:, :nn])
+    np.subtract(_take(scores.pulls, q, 0), m_a[:, None], out=dm[:, :nn])
     dm[:, nn:] = -m_a[:, None]
     dm[np.abs(dm) <= _tolerance(scores.sims.dtype)] = 0.0
     return dc, dm
+
+
+def _take(table: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
+    """``np.take`` along ``axis``, which is the fastest gather for a contiguous table but first
+    copies a whole non-contiguous one (a view of wider tables, as the selection cache passes);
+    fancy indexing reads such a view in place. Both give the same values. (A block of rows is
+    small: ``np.take``'s copy of it costs little, and its gather along axis 1 is much faster.)"""
+    if table.flags.c_contiguous:
+        return np.take(table, index, axis=axis)
+    return table[index] if axis == 0 else table[:, index]
 
 
 def _gather(table: np.ndarray, q: np.ndarray, cols: np.ndarray) -> np.ndarray:
