@@ -171,6 +171,50 @@ def test_padded_products_give_each_score_whatever_the_shape():
         assert np.array_equal(_product(v[rows], d), whole[rows])
     for cols in (slice(3, 4), slice(10, 13), slice(0, 77)):
         assert np.array_equal(_product(v, d[cols]), whole[:, cols])
+    # A full refresh writes its product straight into the (wider) table.
+    table = np.zeros((300, 600), dtype=np.float32)
+    np.matmul(v, d.T, out=table[:, :500])
+    assert np.array_equal(table[:, :500], whole)
+
+
+@pytest.mark.parametrize("method", ["nudge-m", "nudge-n"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cached_selections_equal_fresh_ones_on_a_bigger_stream(method, seed):
+    # Bigger than the property test: a window of 40 (whole-table products, queries whose curves
+    # stay cached), 60 nudged documents of 300 (changes of a few columns tested for reach).
+    rng = np.random.default_rng(seed)
+    dim, n_docs = 16, 300
+    docs = rng.normal(size=(n_docs, dim))
+    ops = [("doc", f"d{i}", docs[i]) for i in range(n_docs)]
+    clicked = rng.choice(n_docs, size=60, replace=False)
+
+    def near(i):
+        return docs[i] + 0.6 * rng.normal(size=dim)
+
+    for i in clicked:
+        ops.append(("train", near(i), f"d{i}", 1.0))
+    n_queries = 0
+    for round_ in range(8):
+        for _ in range(12 if round_ == 0 else 5):
+            target = int(rng.choice(clicked))
+            ops.append(("val", f"v{n_queries}", near(target), f"d{target}"))
+            n_queries += 1
+        for _ in range(3):
+            target = int(rng.choice(clicked))
+            ops.append(("train", near(target), f"d{target}", float(rng.choice([1.0, -1.0]))))
+        ops.append(("doc", f"d{rng.integers(n_docs)}", rng.normal(size=dim)))
+        if round_ % 3 == 2:
+            ops.append(("delete", f"d{rng.choice(clicked)}"))
+        extra = int(rng.integers(n_queries))
+        ops.append(("val", f"v{extra}", near(0), f"d{rng.choice(clicked)}"))
+        ops.append(("select",))
+    overrides = {
+        "method": method,
+        "objective": ["hit@1", "mrr@3", "ndcg@3"][seed],
+        "validation": {"window": 40},
+        "gamma": {"every_events": 0, "every_seconds": 0},
+    }
+    assert _drive(ops, overrides, test_reach=seed != 1) == 8
 
 
 def test_cache_reports_its_memory():

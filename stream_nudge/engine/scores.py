@@ -252,8 +252,13 @@ class SelectionCache:
         new_rows = slots[~present[slots]]
         if len(new_rows):
             v = unit[new_rows]
+            run = len(new_rows) >= _MIN_ROWS and n >= _MIN_ROWS and _is_run(new_rows)
             for t, x in zip(self.tables, columns(np.arange(n)), strict=True):
-                t[new_rows, :n] = _product(v, x)
+                if run:
+                    # Straight into the table (a full refresh): no second 160 MB to write.
+                    np.matmul(v, x.T, out=t[new_rows[0] : new_rows[-1] + 1, :n])
+                else:
+                    t[new_rows, :n] = _product(v, x)
             self.row_epoch[new_rows] = window.epoch[new_rows]
 
         # Each query's inputs: its answers, their scores, its best untouched scores.
@@ -371,7 +376,7 @@ class SelectionCache:
         chosen = slots[which]
         counts = np.diff(ptr)[which]
         pairs = np.concatenate([np.arange(ptr[i], ptr[i + 1]) for i in which.tolist()])
-        if len(chosen) == chosen[-1] - chosen[0] + 1 and np.all(np.diff(chosen) == 1):
+        if _is_run(chosen):
             tables = [t[chosen[0] : chosen[-1] + 1, :n] for t in self.tables]
         else:
             tables = [t[chosen, :n] for t in self.tables]
@@ -423,6 +428,11 @@ class SelectionCache:
         self.zero[chosen] = zero
         self.current[chosen] = current
         self.current_gamma[chosen] = gamma_now
+
+
+def _is_run(index: np.ndarray) -> bool:
+    """Whether ``index`` is ``a, a + 1, ..., b`` (a slice will do instead of a gather)."""
+    return len(index) > 0 and bool(np.all(np.diff(index) == 1))
 
 
 def _pick(table: np.ndarray, q: np.ndarray, cols: np.ndarray) -> np.ndarray:
