@@ -159,15 +159,14 @@ class SelectionCache:
 
     # --- columns ------------------------------------------------------------------------------
 
-    def _sync_columns(self, docs, nudged, present):
-        """Bring the columns to the nudged documents ``nudged`` (rows, in any order); returns the
-        stale columns' old values ``(tables..., angles)`` over all slots, and the columns whose
-        values are new (modified, then added)."""
+    def _sync_columns(self, docs, nudged, where):
+        """Bring the columns to the nudged documents ``nudged`` (rows; ``where[row]`` is a row's
+        place in ``nudged`` or -1). Returns the stale columns' old values ``(tables..., angles)``
+        over all slots, or None when so many changed that every query is recomputed anyway, and
+        the columns whose values are new (modified, then added)."""
         n = self.n_cols
         slots = docs.slot_of[nudged]
         versions = docs.versions[slots]
-        where = np.full(docs.n_rows, -1, dtype=np.int64)
-        where[nudged] = np.arange(len(nudged))
         rows = self.col_rows[:n]
         pos = where[rows]
         alive = pos >= 0
@@ -176,7 +175,9 @@ class SelectionCache:
             self.col_versions[:n][alive] == versions[pos[alive]]
         )
         stale = np.flatnonzero(~same)
-        old = [t[:, stale].copy() for t in self.tables] + [self.angles[stale].copy()]
+        old = None
+        if len(stale) + len(nudged) - alive.sum() <= self.all_columns * max(len(nudged), 1):
+            old = [t[:, stale].copy() for t in self.tables] + [self.angles[stale].copy()]
         removed = np.flatnonzero(~alive)
         modified = np.flatnonzero(alive & ~same)
         # Fill the holes the removed columns leave with the last surviving columns.
@@ -207,7 +208,7 @@ class SelectionCache:
         fresh_rows = self.col_rows[fresh]
         self.col_slots[fresh] = docs.slot_of[fresh_rows]
         self.col_versions[fresh] = docs.versions[self.col_slots[fresh]]
-        return old, fresh, present
+        return old, fresh
 
     # --- the selection ------------------------------------------------------------------------
 
@@ -226,10 +227,10 @@ class SelectionCache:
             nudged, angles = nudged[can], angles[can]
         occupied = np.array([q is not None for q in window.query_ids], dtype=bool)
         present = occupied & (self.row_epoch == window.epoch)
-        old, fresh, _ = self._sync_columns(docs, nudged, present)
-        n = self.n_cols
         where = np.full(docs.n_rows, -1, dtype=np.int64)
         where[nudged] = np.arange(len(nudged))
+        old, fresh = self._sync_columns(docs, nudged, where)
+        n = self.n_cols
         col_pos = where[self.col_rows[:n]]
         if planes:
             self.angles[:n] = angles[col_pos]
@@ -292,7 +293,7 @@ class SelectionCache:
                 self.inputs[slot] = key
 
         # Queries a changed document can reach, before or after its change.
-        if len(old[-1]) + len(fresh) > self.all_columns * max(n, 1):
+        if old is None:
             dirty[:] = True
         elif (len(old[-1]) or len(fresh)) and not dirty.all():
             clean = np.flatnonzero(~dirty)
