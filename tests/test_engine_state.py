@@ -168,3 +168,20 @@ def test_a_refresh_of_many_queries_over_a_large_corpus_is_exact():
     scores[np.arange(n_q), np.arange(n_q) % n_docs] = -np.inf
     best = -np.sort(-scores, axis=1)[:, : 1 + CACHE_SPARE]
     np.testing.assert_allclose(window.cache_scores[slots], best, rtol=1e-5, atol=1e-6)
+
+
+@SETTINGS
+@given(st.integers(0, 300), st.integers(1, 5), st.integers(0, 2**32 - 1))
+def test_pass_candidates_are_exactly_the_entries_above_threshold(n_docs, n_q, seed):
+    from stream_nudge.engine.window import _above
+
+    rng = np.random.default_rng(seed)
+    # Few distinct values, so that entries equal to the threshold come up.
+    table = rng.integers(-3, 4, size=(n_docs, n_q)).astype(np.float32)
+    table[rng.random(table.shape) < 0.1] = -np.inf
+    threshold = rng.integers(-3, 4, size=n_q).astype(np.float32)
+    q, r, scores = _above(table, threshold)
+    got = sorted(zip(q.tolist(), r.tolist(), scores.tolist(), strict=True))
+    er, eq = np.nonzero(table > threshold)
+    expected = sorted(zip(eq.tolist(), er.tolist(), table[er, eq].tolist(), strict=True))
+    assert got == expected

@@ -26,7 +26,16 @@ import numpy as np
 from stream_nudge.core.geometry import gamma_to_theta, theta_to_gamma
 from stream_nudge.core.objectives import Objective
 
-__all__ = ["Selection", "ValidationScores", "objective_at", "select_gamma"]
+__all__ = [
+    "QueryCurves",
+    "Selection",
+    "ValidationScores",
+    "best_selection",
+    "objective_at",
+    "query_curves",
+    "query_values",
+    "select_gamma",
+]
 
 # Working arrays are cut into blocks of about this many float64 elements (32 MB) so that memory stays
 # flat whatever the number of validation pairs and nudged documents.
@@ -134,23 +143,15 @@ def select_gamma(
     """
     if scores.n_queries == 0:
         return Selection(0.0, 0.0, 0.0, 0.0)
-    if method == "nudge-m":
-        upper = np.inf if max_gamma is None else float(max_gamma)
-        events = _line_events(scores, objective.k, upper)
-    else:
-        upper = float(gamma_to_theta(2.0 if max_gamma is None else min(float(max_gamma), 2.0)))
-        events = _curve_events(scores, objective.k, upper)
-    low, high, value = _best_region(scores, objective, upper, *events)
-    if method == "nudge-m":
-        if low == 0.0 and not np.isfinite(high):
-            # One region for all gamma > 0. Stay at 0 unless 0 itself is worse (a tie at 0 that any
-            # step breaks in the answers' favour); then take a modest step.
-            at_zero = objective_at(scores, objective, method, 0.0)
-            gamma = 0.0 if at_zero >= value - _TIE else _OPEN_STEP
-            return Selection(gamma, value, low, high)
-        return Selection(_middle(low, high), value, low, high)
-    g_low, g_high = float(theta_to_gamma(low)), float(theta_to_gamma(high))
-    return Selection(_middle(g_low, g_high), value, g_low, g_high)
+    curves = query_curves(scores, objective, method, max_gamma)
+    return best_selection(
+        curves.base,
+        curves.times,
+        curves.changes,
+        method,
+        max_gamma,
+        lambda: objective_at(scores, objective, method, 0.0),
+    )
 
 
 def _middle(low: float, high: float) -> float:
@@ -172,6 +173,15 @@ def objective_at(
     """
     if scores.n_queries == 0:
         return 0.0
+    return float(query_values(scores, objective, method, gamma).mean())
+
+
+def query_values(
+    scores: ValidationScores, objective: Objective, method: str, gamma: float
+) -> np.ndarray:
+    """Each validation query's objective at one gamma (see :func:`objective_at`)."""
+    if scores.n_queries == 0:
+        return np.zeros(0)
     k = objective.k
     tol = _tolerance(scores.sims.dtype)
     dtype = np.result_type(scores.sims.dtype, np.float32)
@@ -181,7 +191,7 @@ def objective_at(
         counts = _capped_counts(scores, k, method, gamma, tol, dtype)
     hist = np.zeros((scores.n_queries, k + 1), dtype=np.int64)
     np.add.at(hist, (scores.pair_query, np.minimum(counts, k)), 1)
-    return float(objective.from_histograms(hist, scores.n_relevant).mean())
+    return objective.from_histograms(hist, scores.n_relevant)
 
 
 def _line_counts(scores: ValidationScores, gamma: float, tol: float, dtype) -> np.ndarray:
@@ -264,13 +274,23 @@ def _line_gaps(scores: ValidationScores, rows: np.ndarray, q: np.ndarray, dtype)
     # Differences written straight into their place: one pass per table instead of a gather, a
     # concatenation and a subtraction. Untouched competitors have slope 0, so their dm is -m_a.
     dc = np.empty((len(rows), nn + scores.others.shape[1]), dtype=dtype)
-    np.subtract(np.take(scores.sims, q, axis=0), c_a[:, None], out=dc[:, :nn])
+    np.subtract(_take(scores.sims, q, 0), c_a[:, None], out=dc[:, :nn])
     np.subtract(np.asarray(scores.others, dtype)[q], c_a[:, None], out=dc[:, nn:])
     dm = np.empty_like(dc)
-    np.subtract(np.take(scores.pulls, q, axis=0), m_a[:, None], out=dm[:, :nn])
+    np.subtract(_take(scores.pulls, q, 0), m_a[:, None], out=dm[:, :nn])
     dm[:, nn:] = -m_a[:, None]
     dm[np.abs(dm) <= _tolerance(scores.sims.dtype)] = 0.0
     return dc, dm
+
+
+def _take(table: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
+    """``np.take`` along ``axis``, which is the fastest gather for a contiguous table but first
+    copies a whole non-contiguous one (a view of wider tables, as the selection cache passes);
+    fancy indexing reads such a view in place. Both give the same values. (A block of rows is
+    small: ``np.take``'s copy of it costs little, and its gather along axis 1 is much faster.)"""
+    if table.flags.c_contiguous:
+        return np.take(table, index, axis=axis)
+    return table[index] if axis == 0 else table[:, index]
 
 
 def _gather(table: np.ndarray, q: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -304,17 +324,20 @@ def _answer_cells(scores: ValidationScores, rows: np.ndarray, q: np.ndarray):
 # --- NUDGE-M: lines ---------------------------------------------------------------------------
 
 
-def _line_events(scores: ValidationScores, k: int, upper: float):
+def _line_events(scores: ValidationScores, k: int, upper: float, thresholds: bool = False):
     """Per pair: the count of competitors above the answer just after gamma = 0, and its changes.
 
     A competitor line is above the answer line for all gamma > 0 ("always"), on ``[0, t]`` (it
     starts above and falls behind, L) or on ``[t, inf)`` (U). Only whether fewer than ``k`` lines
     are above matters, so of the L thresholds only the ``k`` largest and of the U thresholds only
     the ``k`` smallest can change anything: when ``k`` L lines are above, the count is at least ``k``
-    whatever the others do, and likewise for U.
+    whatever the others do, and likewise for U. With ``thresholds``, also each pair's ``k``-th
+    smallest U and ``k``-th largest L threshold (see :class:`QueryCurves`).
     """
     n_pairs = len(scores.answer_cols)
     init = np.zeros(n_pairs, dtype=np.int64)
+    kth_rise = np.full(n_pairs, np.inf)
+    kth_fall = np.full(n_pairs, -np.inf)
     ev_pair, ev_time, ev_delta = [], [], []
     dtype = np.result_type(scores.sims.dtype, np.float32)
     tol = _tolerance(scores.sims.dtype)
@@ -336,13 +359,16 @@ def _line_events(scores: ValidationScores, k: int, upper: float):
         t_rise = _smallest(np.where(rises, t, np.inf), k)
         falling = np.count_nonzero(np.isfinite(t_fall), axis=1)
         init[rows] = np.count_nonzero(always, axis=1) + falling
+        kth_rise[rows] = t_rise.max(axis=1)
+        kth_fall[rows] = t_fall.min(axis=1)
         # A fall past the upper end never happens inside the domain: the line stays above.
         for table, delta in ((t_fall, -1), (t_rise, +1)):
             r, c = np.nonzero(np.isfinite(table) & (table < upper))
             ev_pair.append(rows[r])
             ev_time.append(table[r, c].astype(np.float64))
             ev_delta.append(np.full(len(r), delta, dtype=np.int64))
-    return init, np.concatenate(ev_pair), np.concatenate(ev_time), np.concatenate(ev_delta)
+    events = (init, np.concatenate(ev_pair), np.concatenate(ev_time), np.concatenate(ev_delta))
+    return (*events, kth_rise, kth_fall) if thresholds else events
 
 
 def _smallest(x: np.ndarray, k: int) -> np.ndarray:
@@ -645,15 +671,98 @@ def _crossings(answer: np.ndarray, other: np.ndarray, upper: float, tol: float):
 # --- the sweep --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class QueryCurves:
+    """Each validation query's objective as a step function of the step size.
+
+    The step is gamma for NUDGE-M and the angle theta for NUDGE-N. Query ``i`` is worth
+    ``base[i]`` just after 0 and changes by ``changes[j]`` at ``times[j]`` (to ``levels[j]``) for
+    every ``j`` with ``query[j] == i``; its changes come in time order. Each query's part is a function
+    of that query's scores alone, so it can be kept and reused while they do not change (see
+    :mod:`stream_nudge.engine.scores`), and :func:`best_region` adds up any set of them.
+
+    For NUDGE-M, ``rise`` and ``fall`` hold per validation pair the ``k``-th smallest gamma at
+    which a competitor line rises above the answer (``inf`` with fewer) and the ``k``-th largest
+    at which one falls below it (``-inf`` with fewer): a competitor that changes beyond both
+    leaves the pair's count, capped at ``k``, as it was.
+    """
+
+    base: np.ndarray
+    query: np.ndarray
+    times: np.ndarray
+    changes: np.ndarray
+    levels: np.ndarray
+    rise: np.ndarray | None = None
+    fall: np.ndarray | None = None
+
+
+def query_curves(
+    scores: ValidationScores, objective: Objective, method: str, max_gamma: float | None = None
+) -> QueryCurves:
+    """Every validation query's objective over the step, exactly (see :class:`QueryCurves`)."""
+    rise = fall = None
+    if method == "nudge-m":
+        init, ev_pair, ev_time, ev_delta, rise, fall = _line_events(
+            scores, objective.k, step_limit(method, max_gamma), thresholds=True
+        )
+    else:
+        init, ev_pair, ev_time, ev_delta = _curve_events(
+            scores, objective.k, step_limit(method, max_gamma)
+        )
+    base, q, t, change, level = _query_changes(scores, objective, init, ev_pair, ev_time, ev_delta)
+    return QueryCurves(base, q, t, change, level, rise, fall)
+
+
+def step_limit(method: str, max_gamma: float | None) -> float:
+    """The end of the step's domain: gamma for NUDGE-M (unbounded by default), theta for NUDGE-N."""
+    if method == "nudge-m":
+        return np.inf if max_gamma is None else float(max_gamma)
+    return float(gamma_to_theta(2.0 if max_gamma is None else min(float(max_gamma), 2.0)))
+
+
+def best_selection(
+    base: np.ndarray,
+    times: np.ndarray,
+    changes: np.ndarray,
+    method: str,
+    max_gamma: float | None,
+    at_zero,
+) -> Selection:
+    """The best gamma from the queries' curves (``base`` one value per query; ``times`` and
+    ``changes`` all their changes, in any order). ``at_zero()`` gives the mean objective at gamma
+    0, asked for only when NUDGE-M's best region is all of ``gamma > 0``."""
+    upper = step_limit(method, max_gamma)
+    low, high, value = best_region(base, times, changes, upper)
+    if method == "nudge-m":
+        if low == 0.0 and not np.isfinite(high):
+            # One region for all gamma > 0. Stay at 0 unless 0 itself is worse (a tie at 0 that any
+            # step breaks in the answers' favour); then take a modest step.
+            gamma = 0.0 if at_zero() >= value - _TIE else _OPEN_STEP
+            return Selection(gamma, value, low, high)
+        return Selection(_middle(low, high), value, low, high)
+    g_low, g_high = float(theta_to_gamma(low)), float(theta_to_gamma(high))
+    return Selection(_middle(g_low, g_high), value, g_low, g_high)
+
+
 def _best_region(scores, objective, upper, init, ev_pair, ev_time, ev_delta):
-    """Turn per-pair count changes into the objective over gamma and return its best region."""
+    """Turn per-pair count changes into the objective over the step; return its best region."""
+    base, _, t, change, _ = _query_changes(scores, objective, init, ev_pair, ev_time, ev_delta)
+    return best_region(base, t, change, upper)
+
+
+def _query_changes(scores, objective, init, ev_pair, ev_time, ev_delta):
+    """Per-pair count changes -> each query's value just after 0 and its changes of value.
+
+    Every sort has a full key, so a query's changes come out the same, to the last bit, whatever
+    order its pairs' events were found in and whatever other queries were computed with it.
+    """
     k = objective.k
     pair_query = scores.pair_query
     n_rel = scores.n_relevant
     nq = scores.n_queries
 
     # 1. Each pair's running count, capped at k: only changes below the cap move a metric.
-    order = np.lexsort((ev_time, ev_pair))
+    order = np.lexsort((ev_delta, ev_time, ev_pair))
     ev_pair, ev_time, ev_delta = ev_pair[order], ev_time[order], ev_delta[order]
     running = _segment_cumsum(ev_delta, ev_pair) + init[ev_pair]
     after = np.minimum(running, k)
@@ -673,18 +782,28 @@ def _best_region(scores, objective, upper, init, ev_pair, ev_time, ev_delta):
     np.add.at(step, (np.arange(len(q)), frm), -1)
     np.add.at(step, (np.arange(len(q)), to), 1)
     hist_after = hist0[q] + _segment_cumsum(step, q)
-    change = objective.from_histograms(hist_after, n_rel[q]) - objective.from_histograms(
-        hist_after - step, n_rel[q]
-    )
+    level = objective.from_histograms(hist_after, n_rel[q])
+    change = level - objective.from_histograms(hist_after - step, n_rel[q])
+    return base, q, t, change, level
 
-    # 3. All queries together: the objective on each region between consecutive change points.
-    order = np.argsort(t, kind="stable")
+
+def best_region(base: np.ndarray, t: np.ndarray, change: np.ndarray, upper: float):
+    """All queries together: the objective on each region between consecutive change points, and
+    the best region as ``(low, high, mean value)``.
+
+    Sums run in an order fixed by the values (base values sorted, changes by time and then
+    value), so the same queries give the same result to the last bit in any order.
+    """
+    nq = len(base)
+    if nq == 0:
+        return 0.0, 0.0, 0.0
+    order = np.lexsort((change, t))
     t, change = t[order], change[order]
     first = np.flatnonzero(np.r_[True, np.diff(t) > _MERGE * np.maximum(1.0, np.abs(t[1:]))])
     first = first[first < len(t)]
     times = t[first]
     steps = np.add.reduceat(change, first) if len(t) else np.zeros(0)
-    totals = base.sum() + np.concatenate([[0.0], np.cumsum(steps)])
+    totals = np.sort(base).sum() + np.concatenate([[0.0], np.cumsum(steps)])
     best = int(np.flatnonzero(totals >= totals.max() - _TIE)[0])
     low = 0.0 if best == 0 else float(times[best - 1])
     high = float(times[best]) if best < len(times) else float(upper)

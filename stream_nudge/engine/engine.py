@@ -18,10 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from stream_nudge.config import Config
-from stream_nudge.core.finetune import assemble_scores
-from stream_nudge.core.geometry import Rotation, nudge_m, nudge_n, unit_rows
+from stream_nudge.core.geometry import nudge_m, nudge_n, unit_rows
 from stream_nudge.core.objectives import parse_objective
-from stream_nudge.core.selection import objective_at, select_gamma
+from stream_nudge.engine.scores import SelectionCache
 from stream_nudge.engine.state import Decay, DocumentTable
 from stream_nudge.engine.window import ValidationWindow
 from stream_nudge.messages import (
@@ -109,6 +108,9 @@ class Engine:
         self.decoder = Decoder.for_config(c)
         self.docs: DocumentTable | None = None
         self.window: ValidationWindow | None = None
+        # Score tables and per-query curves kept between selections (not checkpointed: a restored
+        # engine computes its first selection from scratch).
+        self.selection_cache: SelectionCache | None = None
         # Clicks waiting for their document: (vector, weight, (event count, seconds)).
         self.pending: dict[str, list[tuple[np.ndarray, float, tuple[float, float]]]] = {}
         self._decay = (
@@ -200,6 +202,10 @@ class Engine:
     def _start(self, dim: int) -> None:
         self.docs = DocumentTable(dim, decay=self._decay)
         self.window = ValidationWindow(self.config.validation.window, dim, self.objective.k)
+        c = self.config
+        self.selection_cache = SelectionCache(
+            c.validation.window, c.method, self.objective, c.gamma.max
+        )
 
     def _dead(self, letter: DeadLetter, out: Output) -> None:
         self.dead_letters[letter.reason] += 1
@@ -371,27 +377,8 @@ class Engine:
             untouched = docs.untouched_mask()
             window.refresh(slots[stale], docs.originals, untouched, docs.row_of.get)
             others, _ = window.others(slots)
-        method = self.config.method
-        nudged = docs.nudged_rows()
-        directions, tangents, angles, can = docs.geometry(nudged, planes=method == "nudge-n")
-        plane = None
-        if method == "nudge-n":
-            nudged, directions = nudged[can], directions[can]
-            plane = Rotation(tangents[can], angles[can], can[can])
-        col_of = np.full(docs.n_rows, -1, dtype=np.int64)
-        col_of[nudged] = np.arange(len(nudged))
-        v = window.unit[slots]
-        originals = docs.originals[nudged]
-        sims = v @ originals.T
-        scores = assemble_scores(
-            v, docs.originals, col_of, sims, others, directions, ptr, rows, plane
-        )
-        choice = select_gamma(scores, self.objective, method, self.config.gamma.max)
-        before = objective_at(scores, self.objective, method, 0.0)
-        current = (
-            before
-            if self.gamma == 0.0
-            else objective_at(scores, self.objective, method, self.gamma)
+        choice, before, current, n_nudged = self.selection_cache.select(
+            docs, window, slots, ptr, rows, others, self.gamma
         )
         changed = choice.value - current > self.config.min_improvement
         if changed and choice.gamma != self.gamma:
@@ -405,7 +392,7 @@ class Engine:
             value_current=current,
             value_after=choice.value if changed else current,
             queries=len(slots),
-            nudged=len(nudged),
+            nudged=n_nudged,
             seconds=time.perf_counter() - started,
             events=self.events,
         )

@@ -110,6 +110,9 @@ class DocumentTable:
         self._geo_tangent = np.zeros((slot_capacity, dim), dtype=np.float32)
         self._geo_angle = np.zeros(slot_capacity, dtype=np.float64)
         self._geo_turnable = np.zeros(slot_capacity, dtype=bool)
+        # Bumped whenever a slot's sum or original changes (or the slot changes hands): whoever
+        # keeps something derived from a document can tell whether it is still current.
+        self.versions = np.zeros(slot_capacity, dtype=np.int64)
         self.free_slots: list[int] = []
         self.n_slots = 0
 
@@ -211,6 +214,7 @@ class DocumentTable:
             self._geo_tangent = _grown(self._geo_tangent, capacity)
             self._geo_angle = _grown(self._geo_angle, capacity)
             self._geo_turnable = _grown(self._geo_turnable, capacity, False)
+            self.versions = _grown(self.versions, capacity)
         out = np.empty(count, dtype=np.int64)
         out[: len(reused)] = reused
         out[len(reused) :] = np.arange(self.n_slots, self.n_slots + fresh)
@@ -292,17 +296,19 @@ class DocumentTable:
 
     def _forget_geometry(self, slots: np.ndarray) -> None:
         slots = slots[slots >= 0]
+        self.versions[slots] += 1
         self._geo_dir_ok[slots] = False
         self._geo_plane_ok[slots] = False
 
-    def geometry(self, rows: np.ndarray, planes: bool):
+    def geometry(self, rows: np.ndarray, planes: bool, vectors: bool = True):
         """What selecting gamma needs of nudged ``rows``, from the cache where still valid.
 
         Returns ``(directions, tangents, angles, turnable)``: unit query-sum directions as float32
         (the precision the score products use); with ``planes``, NUDGE-N's rotation planes
         (float32 tangents, float64 angles, see :func:`rotation`) and which rows can turn; else
         None for those three. Each row's values are computed on their own, so a cached value is
-        the one a fresh computation would give.
+        the one a fresh computation would give. Without ``vectors`` the two ``[n, dim]`` tables
+        are not gathered (None): a caller that needs them for a few rows only asks again.
         """
         slots = self.slot_of[rows]
         stale = ~(self._geo_plane_ok[slots] if planes else self._geo_dir_ok[slots])
@@ -319,10 +325,10 @@ class DocumentTable:
                 self._geo_turnable[fresh] = turnable(originals, directions)
                 self._geo_plane_ok[fresh] = True
         if not planes:
-            return self._geo_dir[slots], None, None, None
+            return self._geo_dir[slots] if vectors else None, None, None, None
         return (
-            self._geo_dir[slots],
-            self._geo_tangent[slots],
+            self._geo_dir[slots] if vectors else None,
+            self._geo_tangent[slots] if vectors else None,
             self._geo_angle[slots],
             self._geo_turnable[slots],
         )

@@ -28,6 +28,11 @@ __all__ = ["ValidationWindow"]
 # before the query needs another pass over the corpus.
 CACHE_SPARE = 8
 
+# A pass finds its candidates in runs of this many documents (see _above): short enough that few
+# runs of a query hold one once its threshold is set, long enough that the table of runs' best
+# scores is small.
+_CHUNK = 64
+
 # A pass over the corpus starts with a block of this many documents, small so that each query's
 # running threshold is set before the big blocks come.
 _FIRST_BLOCK = 1024
@@ -52,6 +57,33 @@ def _merge_top(best, best_rows, q, rows, scores, keep):
     return out, out_rows
 
 
+def _above(table: np.ndarray, threshold: np.ndarray):
+    """Entries of ``table`` (documents x queries) above their query's ``threshold``, as (query,
+    document, score).
+
+    After the first blocks few entries are above, but for a while nearly every query has one
+    somewhere, so finding them by query would scan nearly the whole table again. Instead each
+    run of ``_CHUNK`` documents gets its best score per query (one reduction over the table),
+    and only the (run, query) cells whose best is above are searched.
+    """
+    n_docs, n_q = table.shape
+    whole = n_docs - n_docs % _CHUNK
+    parts = []
+    if whole:
+        runs = table[:whole].reshape(whole // _CHUNK, _CHUNK, n_q)
+        c, q = np.nonzero(runs.max(axis=1) > threshold)
+        if len(c):
+            cells = runs[c, :, q]  # (cells, _CHUNK)
+            j, r = np.nonzero(cells > threshold[q][:, None])
+            parts.append((q[j], c[j] * _CHUNK + r, cells[j, r]))
+    if whole < n_docs:
+        r, q = np.nonzero(table[whole:] > threshold)
+        parts.append((q, r + whole, table[whole:][r, q]))
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, table.dtype)
+    return tuple(np.concatenate(x) for x in zip(*parts, strict=True))
+
+
 class ValidationWindow:
     """The latest ``capacity`` validation queries, their answers, and their score caches."""
 
@@ -74,6 +106,10 @@ class ValidationWindow:
         # from then (see Decay).
         self.born = np.full((capacity, 2), np.nan)
         self._unit_stale: list[int] = []
+        # A number per slot, new every time the slot takes a query: what was computed for one
+        # query is never taken for another that got its slot.
+        self.epoch = np.zeros(capacity, dtype=np.int64)
+        self._epochs = 0
         # Free slots, lowest last (popped first).
         self._free: list[int] = list(range(capacity - 1, -1, -1))
 
@@ -111,6 +147,8 @@ class ValidationWindow:
             self.slot_of[query_id] = slot
             self.order.append(query_id)
             self.query_ids[slot] = query_id
+            self._epochs += 1
+            self.epoch[slot] = self._epochs
             self.raw[slot] = vector
             self.born[slot] = born
             self._unit_stale.append(slot)
@@ -248,15 +286,7 @@ class ValidationWindow:
                 q = np.tile(np.arange(n_q), keep)
                 scores = table[r, q]
             else:
-                # Only queries whose best here beats their threshold have candidates; after the
-                # first block there are few, so this costs one reduction over the table.
-                hot = np.flatnonzero(table.max(axis=0) > threshold)
-                if len(hot):
-                    sub = table[:, hot]
-                    r, j = np.nonzero(sub > threshold[hot])
-                    q, scores = hot[j], sub[r, j]
-                else:
-                    q = np.zeros(0, dtype=np.int64)
+                q, r, scores = _above(table, threshold)
             first = False
             if len(q):
                 # Only the queries with candidates are merged: later blocks have few of them.
