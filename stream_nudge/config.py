@@ -89,6 +89,9 @@ class LimitsConfig:
     max_doc_ids: int = 1000
     #: An event weight outside [-max_weight, max_weight] is a dead letter ("bad_weight").
     max_weight: float = 1e6
+    #: Memory for the score tables kept between re-selections (window x nudged documents, 2 or 3
+    #: float32 tables). Beyond it every re-selection computes from scratch (slower; same gamma).
+    selection_cache_bytes: int = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -245,6 +248,8 @@ def _check(c: Config) -> None:
             fail(f"limits.{name}", "must be >= 1")
     if not c.limits.max_weight > 0:
         fail("limits.max_weight", "must be > 0")
+    if c.limits.selection_cache_bytes < 0:
+        fail("limits.selection_cache_bytes", "must be >= 0 (0: keep nothing between selections)")
     if c.replay.batch_size < 1:
         fail("replay.batch_size", "must be >= 1")
     k = c.kafka

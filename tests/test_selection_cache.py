@@ -143,18 +143,20 @@ def test_a_cache_over_its_limit_is_dropped_and_selections_stay_the_same(method):
         ops.append(("val", f"v{n % N_QUERY_IDS}", rng.normal(size=4), f"d{n % 7}"))
         if n % 5 == 4:
             ops.append(("select",))
-    overrides = {"method": method, "gamma": {"every_events": 0, "every_seconds": 0}}
-    config = load_config(overrides={**overrides, "validation": {"window": 4}})
-    small = Engine(config)
-    kept = Engine(config)
+    overrides = {
+        "method": method,
+        "gamma": {"every_events": 0, "every_seconds": 0},
+        "validation": {"window": 4},
+    }
+    # limits.selection_cache_bytes: 0 keeps nothing between selections.
+    small = Engine(load_config(overrides={**overrides, "limits": {"selection_cache_bytes": 0}}))
+    kept = Engine(load_config(overrides=overrides))
     for engine in (small, kept):
         for n, op in enumerate(ops):
             if op[0] == "select":
                 engine.reselect()
             else:
                 engine.process([_record(op, n)])
-            if engine.selection_cache is not None and engine is small:
-                engine.selection_cache.limit_bytes = 0
     assert small.selection_cache.nbytes == 0
     assert kept.selection_cache.nbytes > 0
     got = [_without_time(r) for r in small.selection_history]

@@ -204,7 +204,11 @@ class Engine:
         self.window = ValidationWindow(self.config.validation.window, dim, self.objective.k)
         c = self.config
         self.selection_cache = SelectionCache(
-            c.validation.window, c.method, self.objective, c.gamma.max
+            c.validation.window,
+            c.method,
+            self.objective,
+            c.gamma.max,
+            limit_bytes=c.limits.selection_cache_bytes,
         )
 
     def _dead(self, letter: DeadLetter, out: Output) -> None:
