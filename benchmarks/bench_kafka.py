@@ -20,6 +20,7 @@ import argparse
 import base64
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -465,6 +466,7 @@ def main(argv=None):
             subprocess.run(
                 [str(REPO / "deploy/kafka/kafka.sh"), "stop"], env=env, capture_output=True
             )
+            shutil.rmtree(env["KAFKA_RUN_DIR"], ignore_errors=True)
     if a.json:
         a.json.write_text(json.dumps(results, indent=1))
 
