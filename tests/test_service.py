@@ -325,5 +325,20 @@ def test_a_rebalance_checkpoints_before_partitions_are_given_up(
         intruder.close()
         assert "partitions revoked: checkpoint written" in log.read_text()
         assert checkpoint_meta(state) is not None
+        # The checkpoint's offsets reach the group too (kafka-python runs the rebalance listener
+        # on its network thread, where a commit cannot wait: it is made after the rebalance).
+        from kafka import TopicPartition
+
+        # A consumer of the group that subscribes to nothing reads its offsets without joining.
+        reader = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=f"g-{topics['updates']}")
+        deadline = time.monotonic() + 30
+        committed = None
+        while committed is None and time.monotonic() < deadline:
+            committed = reader.committed(TopicPartition(topics["docs"], 0))
+            time.sleep(0.2)
+        reader.close()
+        saved = CheckpointStore(state).load().offsets[topics["docs"]]["0"]
+        assert committed == saved
+        assert "could not commit offsets" not in log.read_text()
     finally:
         assert stop(proc) == 0

@@ -16,7 +16,7 @@ from kafka.partitioner import DefaultPartitioner
 from stream_nudge.config import Config
 from stream_nudge.engine import Output
 from stream_nudge.kafka.common import client_settings
-from stream_nudge.kafka.worker import ChildGone, Worker, child_setup, read_ahead
+from stream_nudge.kafka.worker import ChildGone, Worker, child_setup, read_ahead, tell
 from stream_nudge.messages import Updates, encode_dead_letter
 
 __all__ = ["KafkaSink", "SinkError"]
@@ -50,7 +50,11 @@ class KafkaSink:
         self.dead_letters_sent = 0
         logs = (config.logging.level, config.logging.format)
         self._worker = Worker(_produce, (settings, self.topics), "sn-producer", logs)
-        reply = self._reply(_START_TIMEOUT_S)
+        try:
+            reply = self._reply(_START_TIMEOUT_S)
+        except SinkError:
+            self._worker.stop()
+            raise
         if reply[0] != "ready":
             self._worker.stop()
             raise SinkError(f"the producer could not start: {reply[1]}")
@@ -139,9 +143,9 @@ def _produce(connection, parent_pid: int, setup, settings: dict, topics: tuple[s
     try:
         producer = KafkaProducer(**settings, partitioner=_MemoPartitioner())
     except Exception as exc:
-        connection.send(("error", f"{exc.__class__.__name__}: {exc}"))
+        tell(connection, ("error", f"{exc.__class__.__name__}: {exc}"))
         return
-    connection.send(("ready", None))
+    tell(connection, ("ready", None))
     failures: list[str] = []
     send = producer.send
 
@@ -181,9 +185,9 @@ def _produce(connection, parent_pid: int, setup, settings: dict, topics: tuple[s
                 producer.flush(timeout=command[1])
             except Exception as exc:
                 failed(exc)
-            connection.send(("flushed", failures[0] if failures else None))
+            tell(connection, ("flushed", failures[0] if failures else None))
             failures.clear()
         elif op == "close":
             producer.close(timeout=10)
-            connection.send(("closed", None))
+            tell(connection, ("closed", None))
             return

@@ -21,7 +21,7 @@ from kafka.structs import OffsetAndMetadata
 
 from stream_nudge.config import Config
 from stream_nudge.kafka.common import client_settings
-from stream_nudge.kafka.worker import ChildGone, Worker, child_setup, receive_command
+from stream_nudge.kafka.worker import ChildGone, Worker, child_setup, receive_command, tell
 from stream_nudge.messages import Record
 
 __all__ = ["KafkaSource", "SourceError"]
@@ -82,7 +82,11 @@ class KafkaSource:
             "sn-consumer",
             (config.logging.level, config.logging.format),
         )
-        self._answer("ready")
+        try:
+            self._answer("ready")
+        except (ChildGone, KafkaError):
+            self._worker.stop()
+            raise
 
     # --- the Source interface ---------------------------------------------------------------
 
@@ -154,12 +158,16 @@ class KafkaSource:
             message = self._worker.receive(timeout)
             kind = message[0]
             if kind == "revoked":
-                if checkpoint_on_revoke and self.on_revoke is not None:
-                    # Checkpoint before the partitions are given up, so that their next owner (or
-                    # our next assignment) starts exactly after what the state reflects.
-                    self.on_revoke()
-                    log.info("partitions revoked: checkpoint written before giving them up")
-                self._worker.send(("revoke_done",))
+                try:
+                    if checkpoint_on_revoke and self.on_revoke is not None:
+                        # Checkpoint before the partitions are given up, so that their next owner
+                        # (or our next assignment) starts exactly after what the state reflects.
+                        self.on_revoke()
+                        log.info("partitions revoked: checkpoint written before giving them up")
+                finally:
+                    # Even if the checkpoint failed (the service then restarts from the previous
+                    # one): the child must not hold the rebalance, and our close, any longer.
+                    self._worker.send(("revoke_done",))
             elif kind == "error":
                 raise SourceError(message[1])
             elif kind == expected:
@@ -262,16 +270,25 @@ class _Consumer:
                 log.warning("could not commit offsets to the group: %s", exc)
 
     def wait_for_checkpoint(self) -> None:
-        """Tell the parent partitions are being revoked; serve its commit until it has checkpointed."""
-        self.connection.send(("revoked",))
+        """Tell the parent partitions are being revoked, and wait until it has checkpointed.
+
+        Anything else it sends meanwhile (polls asked ahead, the commit that ends its checkpoint,
+        a close, or its being gone) is served after the rebalance: kafka-python runs this
+        listener on its network thread, where a commit cannot wait for its answer. A close ends
+        the wait too (the parent then has no checkpoint to write).
+
+        Known limit: the wait holds kafka-python's network thread, so no heartbeat goes out
+        until the parent's checkpoint is written; a checkpoint longer than the group's session
+        timeout (45 s by default) gets the member evicted, and the group rebalances again.
+        """
+        tell(self.connection, ("revoked",))
         while True:
             command = receive_command(self.connection)
-            if command is None or command[0] == "revoke_done":
+            if command is not None and command[0] == "revoke_done":
                 return
-            if command[0] == "commit":
-                self.commit(command[1])
-            else:
-                self.deferred.append(command)
+            self.deferred.append(command)
+            if command is None or command[0] == "close":
+                return
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -308,9 +325,9 @@ def _consume(connection, parent_pid, setup, settings, kinds, docs_topic, poll_ti
     try:
         owner = _Consumer(connection, settings, kinds, docs_topic, poll_timeout_ms, start)
     except Exception as exc:
-        connection.send(("error", f"{exc.__class__.__name__}: {exc}"))
+        tell(connection, ("error", f"{exc.__class__.__name__}: {exc}"))
         return
-    connection.send(("ready",))
+    tell(connection, ("ready",))
     while True:
         command = owner.deferred.pop(0) if owner.deferred else receive_command(connection)
         if command is None:  # the parent is gone
@@ -326,7 +343,11 @@ def _consume(connection, parent_pid, setup, settings, kinds, docs_topic, poll_ti
             elif op == "close":
                 owner.closing = True
                 owner.consumer.close(autocommit=False)
-                connection.send(("closed",))
+                tell(connection, ("closed",))
                 return
+        except OSError:  # the parent is gone: nothing to tell it
+            owner.closing = True
+            owner.consumer.close(autocommit=False)
+            return
         except Exception as exc:
-            connection.send(("error", f"{exc.__class__.__name__}: {exc}"))
+            tell(connection, ("error", f"{exc.__class__.__name__}: {exc}"))

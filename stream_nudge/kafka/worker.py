@@ -159,6 +159,12 @@ def receive_command(connection: Connection):
         return None
 
 
+def tell(connection: Connection, message) -> None:
+    """In a child: send to the parent, unless it is gone (then it no longer needs to know)."""
+    with contextlib.suppress(OSError):
+        connection.send(message)
+
+
 def read_ahead(connection: Connection, depth: int = 2) -> queue.Queue:
     """In a child: a queue of the parent's commands (None last, when the parent is gone), filled by
     a thread, so that the parent's next large send is taken off the socket while the child still
