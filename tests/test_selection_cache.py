@@ -23,7 +23,7 @@ from stream_nudge.engine import Engine
 from stream_nudge.engine.scores import SelectionCache, _product
 from stream_nudge.messages import Record
 
-SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 N_DOC_IDS = 8
 N_QUERY_IDS = 10
