@@ -207,35 +207,12 @@ def test_a_checkpoint_failing_in_a_rebalance_does_not_hold_the_restart(
     """The producer process dies unnoticed (the service is idle), then a rebalance asks for a
     checkpoint, which fails: the consumer process must be let go at once, and the service starts
     again from its last checkpoint (before the fix, its close waited 60 s for the rebalance)."""
-    from kafka import KafkaConsumer
-
-    doc_msgs = scifact[0]
-    topics = make_topics(make_topic)
-    produce(kafka_bootstrap, topics["docs"], doc_msgs[:200])
-    state = tmp_path / "state"
-    config = write_config(
-        tmp_path / "c.yaml",
-        kafka_bootstrap,
-        topics,
-        state,
-        **ENGINE,
-        checkpoint={"every_seconds": 3600},
-    )
-    log = tmp_path / "service.log"
-    proc = start(config, log)
+    topics, _, log, proc = _idle_service(kafka_bootstrap, make_topic, scifact, tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while f"assigned {topics['docs']}" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.2)
         (producer,) = [p for p in kafka_clients(proc.pid) if _name(p) == "sn-producer"]
         os.kill(producer, signal.SIGKILL)
         assert gone([producer])
-        intruder = KafkaConsumer(
-            topics["docs"],
-            topics["events"],
-            bootstrap_servers=kafka_bootstrap,
-            group_id=f"g-{topics['updates']}",
-        )
+        intruder = _second_member(kafka_bootstrap, topics)
         deadline = time.monotonic() + 60
         while "Kafka trouble" not in log.read_text() and time.monotonic() < deadline:
             intruder.poll(timeout_ms=200)
@@ -248,6 +225,35 @@ def test_a_checkpoint_failing_in_a_rebalance_does_not_hold_the_restart(
         assert "Kafka trouble" in text and text.count("connected to") >= 2, text[-3000:]
     finally:
         assert stop(proc) == 0
+
+
+def _idle_service(bootstrap, make_topic, scifact, tmp_path):
+    """A service over 200 documents and no events, once it has its partitions; no periodic
+    checkpoint. Returns (topics, state dir, log, process)."""
+    topics = make_topics(make_topic)
+    produce(bootstrap, topics["docs"], scifact[0][:200])
+    state = tmp_path / "state"
+    config = write_config(
+        tmp_path / "c.yaml", bootstrap, topics, state, **ENGINE, checkpoint={"every_seconds": 3600}
+    )
+    log = tmp_path / "service.log"
+    proc = start(config, log)
+    deadline = time.monotonic() + 60
+    while f"assigned {topics['docs']}" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return topics, state, log, proc
+
+
+def _second_member(bootstrap, topics):
+    """A consumer joining the service's group: polling it makes the group rebalance."""
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(
+        topics["docs"],
+        topics["events"],
+        bootstrap_servers=bootstrap,
+        group_id=f"g-{topics['updates']}",
+    )
 
 
 def test_a_bad_config_exits_2_and_a_corrupt_checkpoint_refuses_to_start(kafka_bootstrap, tmp_path):
@@ -343,31 +349,10 @@ def test_a_rebalance_checkpoints_before_partitions_are_given_up(
 ):
     from kafka import KafkaConsumer
 
-    doc_msgs = scifact[0]
-    topics = make_topics(make_topic)
-    produce(kafka_bootstrap, topics["docs"], doc_msgs[:200])
-    state = tmp_path / "state"
-    config = write_config(
-        tmp_path / "c.yaml",
-        kafka_bootstrap,
-        topics,
-        state,
-        **ENGINE,
-        checkpoint={"every_seconds": 3600},
-    )
-    log = tmp_path / "service.log"
-    proc = start(config, log)
+    topics, state, log, proc = _idle_service(kafka_bootstrap, make_topic, scifact, tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while f"assigned {topics['docs']}" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.2)
         assert checkpoint_meta(state) is None  # no periodic checkpoint yet
-        intruder = KafkaConsumer(
-            topics["docs"],
-            topics["events"],
-            bootstrap_servers=kafka_bootstrap,
-            group_id=f"g-{topics['updates']}",
-        )
+        intruder = _second_member(kafka_bootstrap, topics)
         deadline = time.monotonic() + 60
         while "partitions revoked" not in log.read_text() and time.monotonic() < deadline:
             intruder.poll(timeout_ms=200)
