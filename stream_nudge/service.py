@@ -198,7 +198,6 @@ class Service:
         if e.docs is not None:
             self.metrics.documents.set(len(e.docs))
         if self.source is not None:
-            self.source.refresh_end_offsets()
             for tp, lag in self.source.lag().items():
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
 

@@ -17,7 +17,7 @@ from stream_nudge.config import Config
 from stream_nudge.engine import Output
 from stream_nudge.kafka.common import client_settings
 from stream_nudge.kafka.worker import ChildGone, Worker, child_setup, read_ahead, tell
-from stream_nudge.messages import Updates, encode_dead_letter
+from stream_nudge.messages import encode_dead_letter
 
 __all__ = ["KafkaSink", "SinkError"]
 
@@ -69,16 +69,6 @@ class KafkaSink:
             for letter in output.dead_letters
         ]
         updates = output.updates
-        if updates is not None:
-            updates = (
-                updates.ids,
-                updates.vectors,
-                updates.generations,
-                updates.method,
-                updates.gamma,
-                updates.similarity,
-                updates.encoding,
-            )
         if tombstones or letters or updates is not None:
             try:
                 self._worker.send(("send", tombstones, updates, letters))
@@ -169,7 +159,7 @@ def _produce(connection, parent_pid: int, setup, settings: dict, topics: tuple[s
                 if updates is not None:
                     messages = messages + [
                         (0, key.encode(), value, generation)
-                        for key, value, _, generation in Updates(*updates).encoded()
+                        for key, value, _, generation in updates.encoded()
                     ]
                 for topic, key, value, tag in messages + letters:
                     header = (

@@ -128,9 +128,6 @@ class KafkaSource:
 
     # --- lag, ordering, commits --------------------------------------------------------------
 
-    def refresh_end_offsets(self, force: bool = False) -> None:
-        """The consumer process refreshes them with every batch (at least every second)."""
-
     def lag(self) -> dict[TopicPartition, int]:
         """Records not yet consumed per assigned partition, as of the latest batch."""
         return dict(self._lag)
