@@ -116,3 +116,18 @@ def test_cached_geometry_equals_a_fresh_computation(ops, originals):
             assert np.array_equal(tangents, plane.tangent.astype(np.float32))
             assert np.array_equal(angles, plane.angle)
             assert np.array_equal(can, turnable(table.originals[nudged], fresh))
+
+
+def test_published_table_is_grown_only_when_used_and_keeps_its_rows():
+    """The [slots, dim] table of published vectors is not grown with the sums (ingest before the
+    first selection never reads it); once asked for, it covers every slot and keeps its rows
+    across later growths."""
+    table = DocumentTable(2, capacity=2, slot_capacity=1)
+    rows = [table.upsert(f"d{i}", np.array([1.0, 0.0], dtype=np.float32))[0] for i in range(40)]
+    table.add(np.array(rows[:5]), np.ones(5), np.ones((5, 2), dtype=np.float32))
+    assert table._published.size == 0  # five slots of sums, no published table yet
+    slots = table.slot_of[rows[:5]]
+    table.published[slots] = np.arange(10, dtype=np.float32).reshape(5, 2)
+    table.add(np.array(rows[5:]), np.ones(35), np.ones((35, 2), dtype=np.float32))
+    assert len(table.published) == len(table.sums) >= 40
+    assert table.published[slots].tolist() == np.arange(10).reshape(5, 2).tolist()

@@ -72,7 +72,10 @@ class DocumentTable:
     clicks : int64 [slot capacity]
         Training pairs applied to the document.
     published : float32 [slot capacity, dim]
-        What was last published for the document (where ``has_published``).
+        What was last published for the document (where ``has_published``). Like the geometry
+        cache's two ``[slots, dim]`` tables, it is grown to the slot capacity only when used: ingest
+        before the first selection never does, and growing it with the sums would copy (and fault
+        in) as much memory again as growing the sums does.
     moving : bool [slot capacity]
         Whether the slot's sum is non-zero, kept with the sums so that asking costs no pass over
         them (derived: recomputed by :meth:`recount` after the sums are set from outside).
@@ -99,15 +102,15 @@ class DocumentTable:
         self.n_rows = 0
         self.sums = np.zeros((slot_capacity, dim), dtype=np.float64)
         self.clicks = np.zeros(slot_capacity, dtype=np.int64)
-        self.published = np.zeros((slot_capacity, dim), dtype=np.float32)
+        self._published = np.zeros((0, dim), dtype=np.float32)
         self.has_published = np.zeros(slot_capacity, dtype=bool)
         self.moving = np.zeros(slot_capacity, dtype=bool)
         self.row_of_slot = np.full(slot_capacity, -1, dtype=np.int64)
         self.stamps = np.full((slot_capacity, 2), math.nan)
         self._geo_dir_ok = np.zeros(slot_capacity, dtype=bool)
         self._geo_plane_ok = np.zeros(slot_capacity, dtype=bool)
-        self._geo_dir = np.zeros((slot_capacity, dim), dtype=np.float32)
-        self._geo_tangent = np.zeros((slot_capacity, dim), dtype=np.float32)
+        self._geo_dir = np.zeros((0, dim), dtype=np.float32)
+        self._geo_tangent = np.zeros((0, dim), dtype=np.float32)
         self._geo_angle = np.zeros(slot_capacity, dtype=np.float64)
         self._geo_turnable = np.zeros(slot_capacity, dtype=bool)
         # Bumped whenever a slot's sum or original changes (or the slot changes hands): whoever
@@ -171,6 +174,18 @@ class DocumentTable:
 
     # --- query sums ---------------------------------------------------------------------------
 
+    @property
+    def published(self) -> np.ndarray:
+        return self._wide("_published")
+
+    def _wide(self, name: str) -> np.ndarray:
+        """The lazily grown ``[slot capacity, dim]`` table ``name``, grown to the capacity now."""
+        table = getattr(self, name)
+        if len(table) < len(self.clicks):
+            table = _grown(table, len(self.clicks))
+            setattr(self, name, table)
+        return table
+
     def slots_for(self, rows: np.ndarray) -> np.ndarray:
         """The sum slot of each row, allocating slots for rows that have none yet.
 
@@ -203,15 +218,12 @@ class DocumentTable:
             capacity = max(self.n_slots + fresh, min(2 * self.n_slots, len(self.alive)))
             self.sums = _grown(self.sums, capacity)
             self.clicks = _grown(self.clicks, capacity)
-            self.published = _grown(self.published, capacity)
             self.has_published = _grown(self.has_published, capacity, False)
             self.moving = _grown(self.moving, capacity, False)
             self.row_of_slot = _grown(self.row_of_slot, capacity, -1)
             self.stamps = _grown(self.stamps, capacity, math.nan)
             self._geo_dir_ok = _grown(self._geo_dir_ok, capacity, False)
             self._geo_plane_ok = _grown(self._geo_plane_ok, capacity, False)
-            self._geo_dir = _grown(self._geo_dir, capacity)
-            self._geo_tangent = _grown(self._geo_tangent, capacity)
             self._geo_angle = _grown(self._geo_angle, capacity)
             self._geo_turnable = _grown(self._geo_turnable, capacity, False)
             self.versions = _grown(self.versions, capacity)
@@ -312,23 +324,25 @@ class DocumentTable:
         """
         slots = self.slot_of[rows]
         stale = ~(self._geo_plane_ok[slots] if planes else self._geo_dir_ok[slots])
+        geo_dir = self._wide("_geo_dir")
+        geo_tangent = self._wide("_geo_tangent") if planes else None
         if stale.any():
             fresh_rows, fresh = rows[stale], slots[stale]
             directions = self.directions(fresh_rows)
-            self._geo_dir[fresh] = directions
+            geo_dir[fresh] = directions
             self._geo_dir_ok[fresh] = True
             if planes:
                 originals = self.originals[fresh_rows]
                 plane = rotation(originals.astype(np.float64), directions)
-                self._geo_tangent[fresh] = plane.tangent
+                geo_tangent[fresh] = plane.tangent
                 self._geo_angle[fresh] = plane.angle
                 self._geo_turnable[fresh] = turnable(originals, directions)
                 self._geo_plane_ok[fresh] = True
         if not planes:
-            return self._geo_dir[slots] if vectors else None, None, None, None
+            return geo_dir[slots] if vectors else None, None, None, None
         return (
-            self._geo_dir[slots] if vectors else None,
-            self._geo_tangent[slots] if vectors else None,
+            geo_dir[slots] if vectors else None,
+            geo_tangent[slots] if vectors else None,
             self._geo_angle[slots],
             self._geo_turnable[slots],
         )
