@@ -423,18 +423,62 @@ def _from_lists(raws: list[list], dim: int) -> np.ndarray | None:
 
 def _from_base64(raws: list[str], dim: int) -> np.ndarray | None:
     """Base64 texts of ``dim`` float32 each as one array (a copy), or None if any is not that."""
-    try:
-        if 4 * dim % 3 == 0:
-            # No padding: the texts joined are valid base64 exactly when each one is, and one
-            # call decodes them all.
-            data = _strict_b64decode("".join(raws))
-        else:
+    if 4 * dim % 3 == 0:
+        # No padding: the texts joined are valid base64 exactly when each one is, and one
+        # call decodes them all.
+        data = _unpadded_b64decode("".join(raws))
+        if data is None:
+            return None
+    else:
+        try:
             data = b"".join([_strict_b64decode(text) for text in raws])
-    except ValueError:  # binascii.Error, or text that is not ASCII
-        return None
+        except ValueError:  # binascii.Error, or text that is not ASCII
+            return None
     if len(data) != 4 * dim * len(raws):
         return None
-    return np.frombuffer(data, dtype="<f4").reshape(len(raws), dim).astype(np.float32)
+    # astype: a no-op view of the fresh array on little-endian machines, a swap elsewhere.
+    vectors = np.frombuffer(data, dtype="<f4").reshape(len(raws), dim)
+    return vectors.astype(np.float32, copy=not isinstance(data, np.ndarray))
+
+
+def _pair_table() -> np.ndarray:
+    """For each two bytes (read as a little-endian uint16): the 12 bits the two base64
+    characters stand for, or 0xFFFF if either is not in the (standard) alphabet."""
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    sextets = np.full(256, 64, dtype=np.uint16)
+    sextets[np.frombuffer(alphabet, dtype=np.uint8)] = np.arange(64, dtype=np.uint16)
+    pairs = np.arange(1 << 16)
+    first, second = sextets[pairs & 0xFF], sextets[pairs >> 8]
+    return np.where((first < 64) & (second < 64), first << 6 | second, 0xFFFF).astype(np.uint16)
+
+
+_B64_PAIRS = _pair_table()
+
+
+def _unpadded_b64decode(text: str) -> np.ndarray | None:
+    """The bytes of base64 ``text`` without padding (alphabet only, a multiple of 4 characters
+    long) as a uint8 array, or None if the text is anything else.
+
+    Where it answers, it is what ``binascii.a2b_base64(text, strict_mode=True)`` gives (a test
+    checks that), in a few numpy passes: a table lookup per two characters, then three bytes out
+    of each 24 bits. binascii goes a byte at a time and takes twice as long on vectors.
+    """
+    try:
+        data = text.encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    if len(data) & 3:
+        return None
+    twelves = _B64_PAIRS[np.frombuffer(data, dtype="<u2")]
+    if twelves.size and twelves.max() > 0xFFF:
+        return None
+    twelves = twelves.reshape(-1, 2).astype(np.uint32)
+    words = twelves[:, 0] << 12 | twelves[:, 1]
+    out = np.empty((len(words), 3), dtype=np.uint8)
+    out[:, 0] = words >> 16  # item assignment keeps the low 8 bits
+    out[:, 1] = words >> 8
+    out[:, 2] = words
+    return out.reshape(-1)
 
 
 def _strict_b64decode(text: str) -> bytes:

@@ -240,3 +240,34 @@ def test_fields_a_batch_could_take_for_good_decode_as_alone(fields, reason):
     assert getattr(got[1], "reason", None) == reason
     assert same(got[1], Decoder(3).decode(batch[1]))
     assert not isinstance(got[0], DeadLetter) and not isinstance(got[2], DeadLetter)
+
+
+B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+@SETTINGS
+@given(
+    st.binary(max_size=60).map(lambda b: base64.b64encode(b).decode())
+    | st.text(alphabet=B64_ALPHABET + "=!é \n-_", max_size=40),
+    st.data(),
+)
+def test_unpadded_base64_decodes_as_binascii_strict(text, data):
+    """The batch path's base64 decoder answers exactly where strict binascii accepts a text with
+    no padding, and gives the same bytes; anything else (padding, other characters, a length
+    that is not a multiple of 4, non-ASCII) it refuses, for the one-by-one path to name."""
+    import binascii
+
+    from stream_nudge.messages import _unpadded_b64decode
+
+    if text and data.draw(st.booleans()):  # one character swapped for any other
+        at = data.draw(st.integers(0, len(text) - 1))
+        text = text[:at] + data.draw(st.characters(max_codepoint=0x2FF)) + text[at + 1 :]
+    got = _unpadded_b64decode(text)
+    try:
+        expected = binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        expected = None
+    if expected is None or "=" in text:
+        assert got is None
+    else:
+        assert got is not None and got.tobytes() == expected
