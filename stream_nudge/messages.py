@@ -11,11 +11,13 @@ import base64
 import binascii
 import hashlib
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
+import simdjson
 
 __all__ = [
     "REASONS",
@@ -214,17 +216,29 @@ class Decoder:
         out: list = [None] * len(records)
         one = self._one
         loads = orjson.loads
+        parse = _simdjson_parser().parse
         limit = self.max_message_bytes
         max_weight = self.max_weight
         b64_length = 4 * -(-4 * dim // 3)
         # Per vector encoding: the records' indices, their fields, and their raw vectors.
         lists: tuple[list[int], list, list] = ([], [], [])
         texts: tuple[list[int], list, list] = ([], [], [])
+        doubles: tuple[list[int], list, list] = ([], [], [])
         for i, record in enumerate(records):
             value = record.value
             if value is None or len(value) > limit:
                 out[i] = one(record)
                 continue
+            # A vector as a JSON array: simdjson, when the record is plain enough (else orjson).
+            if value[:1] == b"{" and b'_b64"' not in value:
+                found = _simdjson_record(parse, value, record.topic, dim, max_weight)
+                if found is not None:
+                    doubles[0].append(i)
+                    doubles[1].append(found[0])
+                    doubles[2].append(found[1])
+                    if len(doubles[0]) == _GROUP:
+                        self._finish(doubles, _from_doubles, records, out)
+                    continue
             try:
                 obj = loads(value)
             except orjson.JSONDecodeError:
@@ -283,6 +297,7 @@ class Decoder:
             group[2].append(raw)
             if len(group[0]) == _GROUP:
                 self._finish(group, convert, records, out)
+        self._finish(doubles, _from_doubles, records, out)
         self._finish(lists, _from_lists, records, out)
         self._finish(texts, _from_base64, records, out)
         return out
@@ -409,6 +424,87 @@ class Decoder:
         if self.dimension is None:
             self.dimension = size
         return vector
+
+
+_local = threading.local()
+
+
+def _simdjson_parser() -> simdjson.Parser:
+    """This thread's simdjson parser (one parser serves one document at a time)."""
+    parser = getattr(_local, "parser", None)
+    if parser is None:
+        parser = _local.parser = simdjson.Parser()
+    return parser
+
+
+def _simdjson_record(parse, value: bytes, topic: str, dim: int, max_weight: float):
+    """A plain upsert or single-document event whose vector is a JSON array of ``dim`` numbers:
+    its fields (as the batch path keeps them) and its vector as float64 bytes; else None.
+
+    None also for anything simdjson and orjson might read differently, so that orjson (the
+    reference) decides: a byte order mark (the caller passes only text starting with ``{``),
+    repeated keys (simdjson finds the first, orjson keeps the last), and more than one ``[`` in
+    the text (simdjson flattens nested arrays into the buffer). Numbers are read as the reference
+    reads them: correctly rounded to float64 (integers too, as numpy converts Python ints), then
+    cast to float32. Nothing that refers to the parser outlives this call: it must not, for the
+    parser to take the next document.
+    """
+    start = value.find(b"[")
+    if start < 0 or value.find(b"[", start + 1) >= 0:
+        return None
+    try:
+        obj = parse(value)
+        if obj.__class__ is not simdjson.Object:
+            return None
+        keys = list(obj.keys())
+        if len(set(keys)) != len(keys):
+            return None
+        if topic == "docs":
+            doc_id = obj["id"] if "id" in keys else None
+            if doc_id.__class__ is not str or not doc_id:
+                return None
+            if "op" in keys and obj["op"] != "upsert":
+                return None
+            fields = doc_id
+            vector = obj["embedding"] if "embedding" in keys else None
+        else:
+            query_id = obj["query_id"] if "query_id" in keys else None
+            doc_id = obj["doc_id"] if "doc_id" in keys else None
+            weight = obj["weight"] if "weight" in keys else 1.0
+            split = obj["split"] if "split" in keys else None
+            ts = obj["ts"] if "ts" in keys else None
+            if weight.__class__ is int:
+                weight = float(weight)
+            if ts.__class__ is int:
+                ts = float(ts)
+            if (
+                query_id.__class__ is not str
+                or not query_id
+                or doc_id.__class__ is not str
+                or not doc_id
+                or "doc_ids" in keys
+                or weight.__class__ is not float
+                or not -max_weight <= weight <= max_weight
+                or (split is not None and split != "train" and split != "validation")
+                or (ts is not None and ts.__class__ is not float)
+            ):
+                return None
+            fields = (query_id, (doc_id,), weight, split, ts)
+            vector = obj["query_embedding"] if "query_embedding" in keys else None
+        if vector.__class__ is not simdjson.Array or len(vector) != dim:
+            return None
+        return fields, vector.as_buffer(of_type="d")
+    except (ValueError, RuntimeError, TypeError, KeyError):  # not JSON, or not numbers
+        return None
+
+
+def _from_doubles(raws: list, dim: int) -> np.ndarray | None:
+    """Buffers of ``dim`` float64 each (from simdjson) as one float32 array, or None if any is
+    not that long."""
+    data = b"".join(raws)
+    if len(data) != 8 * dim * len(raws):
+        return None
+    return np.frombuffer(data, dtype=np.float64).reshape(len(raws), dim).astype(np.float32)
 
 
 def _from_lists(raws: list[list], dim: int) -> np.ndarray | None:

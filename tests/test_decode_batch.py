@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stream_nudge import messages
 from stream_nudge.messages import DeadLetter, Decoder, Record
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -46,11 +47,15 @@ def vectors(draw, dim: int):
                 "b64_non_ascii",
                 "not_a_list",
                 "null",
+                "number_texts",
+                "number_texts",
             ]
         )
     )
     if kind == "json":
         return "", values
+    if kind == "number_texts":  # spelled as orjson never writes them; see records()
+        return "", "@numbers@"
     if kind == "b64":
         return "_b64", b64(values)
     if kind == "nan":
@@ -128,7 +133,22 @@ def records(draw, dim: int):
             if draw(st.booleans()):
                 body[key] = draw(mostly(good, bad))
     line = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-    mangle = draw(mostly(["none"], ["cut", "latin1", "array", "null", "oversize"]))
+    if b'"@numbers@"' in line:
+        spellings = st.sampled_from(
+            ["1E5", "-0", "-0.0", "1e-400", "1e400", "2.5e-45", "3.4028235677973366e38", "1e39"]
+            + ["0.1000000000000000055511151231257827", "7", "1.", "01", ".5", "+1", "NaN"]
+            # Integers beyond float64's: rounded via float64 (as numpy converts Python ints),
+            # beyond 64 bits, the most negative int64.
+            + [str(2**60 + 2**36 + 1), str(2**64 + 7), str(-(2**63)), "123456789012345678901234"]
+        )
+        spelled = draw(st.lists(spellings, min_size=dim, max_size=dim))
+        line = line.replace(b'"@numbers@"', ("[" + ",".join(spelled) + "]").encode())
+    mangle = draw(
+        mostly(
+            ["none"],
+            ["cut", "latin1", "array", "null", "oversize", "bom", "repeated", "escaped", "bracket"],
+        )
+    )
     if mangle == "cut":
         line = line[: len(line) // 2]
     elif mangle == "latin1":
@@ -139,6 +159,15 @@ def records(draw, dim: int):
         line = None
     elif mangle == "oversize":
         line = line + b" " * 600
+    elif mangle == "bom":
+        line = b"\xef\xbb\xbf" + line
+    elif mangle == "repeated" and line[:1] == b"{":  # orjson keeps the last of repeated keys
+        first = b'"id":"d9",' if topic == "docs" else b'"query_id":"q9","doc_id":"d9",'
+        line = b"{" + first + line[1:]
+    elif mangle == "escaped":  # keys and strings with escapes
+        line = line.replace(b'"query_id"', b'"query\\u005fid"').replace(b'"d1"', b'"\\u00e9\\/"')
+    elif mangle == "bracket":  # a bracket inside a string
+        line = line.replace(b'"q1"', b'"q[1]"')
     return Record(topic, line, position=draw(st.integers(0, 10**6)))
 
 
@@ -271,3 +300,38 @@ def test_unpadded_base64_decodes_as_binascii_strict(text, data):
         assert got is None
     else:
         assert got is not None and got.tobytes() == expected
+
+
+@pytest.mark.parametrize("vectors", ["json", "base64"])
+def test_plain_records_never_take_the_one_by_one_path(vectors, monkeypatch):
+    """Plain upserts and single-document events are decoded a batch at a time (by simdjson for
+    JSON arrays), and the parser takes every next record: none goes the slow way."""
+    rng = np.random.default_rng(1)
+    dim = 384
+    field = (lambda v: v.tolist()) if vectors == "json" else b64
+    suffix = "" if vectors == "json" else "_b64"
+    batch = [
+        Record("docs", orjson.dumps({"id": f"d{i}", "embedding" + suffix: field(v)}))
+        for i, v in enumerate(rng.normal(size=(150, dim)).astype(np.float32))
+    ] + [
+        Record(
+            "events",
+            orjson.dumps(
+                {"query_id": f"q{i}", "doc_id": "d1", "weight": 2, "split": "train", "ts": 1.5}
+                | {"query_embedding" + suffix: field(v)}
+            ),
+        )
+        for i, v in enumerate(rng.normal(size=(150, dim)).astype(np.float32))
+    ]
+    decoder = Decoder(dim)
+    slow, parsed = [], []
+    monkeypatch.setattr(decoder, "_one", lambda *args: slow.append(args))
+    loads = orjson.loads
+    monkeypatch.setattr(messages.orjson, "loads", lambda v: parsed.append(v) or loads(v))
+    got = decoder.decode_batch(batch)
+    monkeypatch.undo()
+    assert slow == []
+    assert len(parsed) == (0 if vectors == "json" else len(batch))  # JSON arrays: simdjson
+    reference = Decoder(dim)
+    for g, record in zip(got, batch, strict=True):
+        assert same(g, reference.decode(record))
