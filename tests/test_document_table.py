@@ -52,7 +52,12 @@ def test_sums_slots_and_moving_flags_match_one_click_at_a_time(ops):
             rows = np.array([table.row_of[d] for d, _, _ in known])
             weights = np.array([w for _, w, _ in known])
             vectors = np.array([v for _, _, v in known], dtype=np.float32)
-            table.add(rows, weights, vectors)
+            moved = table.is_nudged(np.unique(rows))
+            touched, before, after = table.add(rows, weights, vectors)
+            assert sorted(touched.tolist()) == np.unique(rows).tolist()
+            order = np.argsort(touched)
+            assert before[order].tolist() == moved.tolist()
+            assert after[order].tolist() == table.is_nudged(np.sort(touched)).tolist()
             for (doc_id, w, _), v in zip(known, vectors, strict=True):
                 contribution = v.astype(np.float64) * w if w != 1.0 else v.astype(np.float64)
                 sums[doc_id] = sums.get(doc_id, np.zeros(2)) + contribution

@@ -212,10 +212,12 @@ class DocumentTable:
         del self.free_slots[len(self.free_slots) - len(reused) :]
         fresh = count - len(reused)
         if self.n_slots + fresh > len(self.clicks):
-            # Doubling, but never beyond the documents' capacity (no more slots than rows can be
-            # in use): each growth copies the float64 sums, the biggest cost of a click stream's
-            # first pass, and doubling copies half as much in all as growing by 1.5.
-            capacity = max(self.n_slots + fresh, min(2 * self.n_slots, len(self.alive)))
+            # Four times, but never beyond the documents' capacity (no more slots than rows can
+            # be in use). Each growth copies the float64 sums (and faults in the pages it copies
+            # to), the biggest cost of a click stream's first pass: growing by 4 copies a third of
+            # the final size in all, doubling copies all of it. The idle capacity costs address
+            # space only: np.zeros takes pages the kernel provides when first written.
+            capacity = max(self.n_slots + fresh, min(4 * self.n_slots, len(self.alive)))
             self.sums = _grown(self.sums, capacity)
             self.clicks = _grown(self.clicks, capacity)
             self.has_published = _grown(self.has_published, capacity, False)
@@ -241,8 +243,11 @@ class DocumentTable:
         times: np.ndarray | None = None,
         now: tuple[float, float] | None = None,
         origin: float = math.nan,
-    ) -> np.ndarray:
-        """``G[row] += w * q`` for each (row, w, q), in float64; returns the rows touched.
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``G[row] += w * q`` for each (row, w, q), in float64.
+
+        Returns the rows touched (each once) and, for each, whether it moved (its sum was non-zero)
+        before and after.
 
         Contributions to one row are added in their input order, so the result depends only on
         the sequence of events, not on how they were batched. With a :class:`Decay`, ``times``
@@ -254,34 +259,36 @@ class DocumentTable:
         """
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
-            return rows
+            return rows, np.zeros(0, dtype=bool), np.zeros(0, dtype=bool)
         slots = self.slots_for(rows)
-        weights = np.asarray(weights, dtype=np.float64)
-        if self.decay is not None:
-            weights = weights * self._age(np.unique(slots), times, now, origin)
-        if np.all(weights == 1.0):
-            contrib = vectors  # float32, widened exactly by the float64 += below
-        else:
-            contrib = vectors.astype(np.float64)
-            contrib *= weights[:, None]
         # In rounds: round r adds each slot's r-th contribution (in input order), so within a
         # round the slots are distinct and one fancy-indexed += does it; each row's additions
         # still happen in event order. Cheaper than add.at, and most rows need only round 0.
         order = np.argsort(slots, kind="stable")
         sorted_slots = slots[order]
         starts = np.flatnonzero(np.r_[True, sorted_slots[1:] != sorted_slots[:-1]])
+        touched = sorted_slots[starts]
         sizes = np.diff(np.r_[starts, len(slots)])
         rank = np.arange(len(slots)) - np.repeat(starts, sizes)
         by_rank = order[np.argsort(rank, kind="stable")]
         bounds = np.r_[0, np.cumsum(np.bincount(rank))]
+        weights = np.asarray(weights, dtype=np.float64)
+        if self.decay is not None:
+            weights = weights * self._age(touched, times, now, origin)
+        if np.all(weights == 1.0):
+            contrib = vectors  # float32, widened exactly by the float64 += below
+        else:
+            contrib = vectors.astype(np.float64)
+            contrib *= weights[:, None]
         for r in range(len(bounds) - 1):
             take = by_rank[bounds[r] : bounds[r + 1]]
             self.sums[slots[take]] += contrib[take]
-        touched = sorted_slots[starts]
         self.clicks[touched] += sizes
-        self.moving[touched] = np.any(self.sums[touched] != 0.0, axis=1)
+        before = self.moving[touched]
+        after = self.sums[touched].any(axis=1)  # -0.0 counts as zero, as != 0.0 does
+        self.moving[touched] = after
         self._forget_geometry(touched)
-        return np.unique(rows)
+        return self.row_of_slot[touched], before, after
 
     def _age(self, slots, times: np.ndarray, now: tuple[float, float], origin: float) -> np.ndarray:
         """Bring ``slots``' sums forward to ``now``; return the clicks' discounts at ``now``."""
