@@ -537,18 +537,9 @@ def _from_base64(raws: list[str], dim: int) -> np.ndarray | None:
     return vectors.astype(np.float32, copy=not isinstance(data, np.ndarray))
 
 
-def _pair_table() -> np.ndarray:
-    """For each two bytes (read as a little-endian uint16): the 12 bits the two base64
-    characters stand for, or 0xFFFF if either is not in the (standard) alphabet."""
-    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-    sextets = np.full(256, 64, dtype=np.uint16)
-    sextets[np.frombuffer(alphabet, dtype=np.uint8)] = np.arange(64, dtype=np.uint16)
-    pairs = np.arange(1 << 16)
-    first, second = sextets[pairs & 0xFF], sextets[pairs >> 8]
-    return np.where((first < 64) & (second < 64), first << 6 | second, 0xFFFF).astype(np.uint16)
-
-
-_B64_PAIRS = _pair_table()
+# Each byte to the 6 bits it stands for in (standard) base64, or 0x80 if it is not base64.
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_SEXTETS = bytes(_B64_ALPHABET.find(c) if c in _B64_ALPHABET else 0x80 for c in range(256))
 
 
 def _unpadded_b64decode(text: str) -> np.ndarray | None:
@@ -556,8 +547,9 @@ def _unpadded_b64decode(text: str) -> np.ndarray | None:
     long) as a uint8 array, or None if the text is anything else.
 
     Where it answers, it is what ``binascii.a2b_base64(text, strict_mode=True)`` gives (a test
-    checks that), in a few numpy passes: a table lookup per two characters, then three bytes out
-    of each 24 bits. binascii goes a byte at a time and takes twice as long on vectors.
+    checks that), in a few whole-array passes: ``bytes.translate`` to 6-bit values, then 24 bits
+    out of each 4 and three bytes out of those. binascii goes a character at a time and takes
+    nearly twice as long on vectors.
     """
     try:
         data = text.encode("ascii")
@@ -565,15 +557,17 @@ def _unpadded_b64decode(text: str) -> np.ndarray | None:
         return None
     if len(data) & 3:
         return None
-    twelves = _B64_PAIRS[np.frombuffer(data, dtype="<u2")]
-    if twelves.size and twelves.max() > 0xFFF:
+    sextets = data.translate(_SEXTETS)
+    if b"\x80" in sextets:
         return None
-    twelves = twelves.reshape(-1, 2).astype(np.uint32)
-    words = twelves[:, 0] << 12 | twelves[:, 1]
-    out = np.empty((len(words), 3), dtype=np.uint8)
-    out[:, 0] = words >> 16  # item assignment keeps the low 8 bits
-    out[:, 1] = words >> 8
-    out[:, 2] = words
+    # Big-endian words of four 6-bit values: pair them to 12 bits, then the pairs to 24.
+    words = np.frombuffer(sextets, dtype=">u4")
+    pairs = (words & 0x003F003F) | ((words & 0x3F003F00) >> 2)
+    bits = ((pairs >> 4) & 0xFFF000) | (pairs & 0xFFF)
+    out = np.empty((len(bits), 3), dtype=np.uint8)
+    out[:, 0] = bits >> 16  # item assignment keeps the low 8 bits
+    out[:, 1] = bits >> 8
+    out[:, 2] = bits
     return out.reshape(-1)
 
 

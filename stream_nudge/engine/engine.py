@@ -510,6 +510,8 @@ class Engine:
         self._forced = set()
         if not candidates:
             return
+        if self.gamma == 0.0 and not forced and not docs.has_published[: docs.n_slots].any():
+            return  # every embedding is its original, as published (ingest before a selection)
         rows = np.array(sorted(candidates), dtype=np.int64)
         rows = rows[docs.alive[rows]]
         if len(rows) == 0:
