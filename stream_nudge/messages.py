@@ -255,29 +255,17 @@ class Decoder:
                 fields = doc_id
                 name = "embedding"
             else:
-                query_id = obj.get("query_id")
-                doc_id = obj.get("doc_id")
-                weight = obj.get("weight", 1.0)
-                split = obj.get("split")
-                ts = obj.get("ts")
-                if weight.__class__ is int:
-                    weight = float(weight)
-                if ts.__class__ is int:
-                    ts = float(ts)
-                if (
-                    query_id.__class__ is not str
-                    or not query_id
-                    or doc_id.__class__ is not str
-                    or not doc_id
-                    or "doc_ids" in obj
-                    or weight.__class__ is not float
-                    or not -max_weight <= weight <= max_weight
-                    or (split is not None and split != "train" and split != "validation")
-                    or (ts is not None and ts.__class__ is not float)
-                ):
+                fields = "doc_ids" not in obj and _event_fields(
+                    obj.get("query_id"),
+                    obj.get("doc_id"),
+                    obj.get("weight", 1.0),
+                    obj.get("split"),
+                    obj.get("ts"),
+                    max_weight,
+                )
+                if not fields:
                     out[i] = one(record, obj)
                     continue
-                fields = (query_id, (doc_id,), weight, split, ts)
                 name = "query_embedding"
             raw = obj.get(name)
             if raw is not None:
@@ -426,6 +414,28 @@ class Decoder:
         return vector
 
 
+def _event_fields(query_id, doc_id, weight, split, ts, max_weight: float):
+    """A single-document event's fields as the batch path keeps them, ``(query_id, (doc_id,),
+    weight, split, ts)``, if every one passes :meth:`Decoder._event`'s checks; else None (the
+    record is then decoded on its own, which names the reason)."""
+    if weight.__class__ is int:
+        weight = float(weight)
+    if ts.__class__ is int:
+        ts = float(ts)
+    if (
+        query_id.__class__ is not str
+        or not query_id
+        or doc_id.__class__ is not str
+        or not doc_id
+        or weight.__class__ is not float
+        or not -max_weight <= weight <= max_weight
+        or (split is not None and split != "train" and split != "validation")
+        or (ts is not None and ts.__class__ is not float)
+    ):
+        return None
+    return (query_id, (doc_id,), weight, split, ts)
+
+
 _local = threading.local()
 
 
@@ -468,28 +478,17 @@ def _simdjson_record(parse, value: bytes, topic: str, dim: int, max_weight: floa
             fields = doc_id
             vector = obj["embedding"] if "embedding" in keys else None
         else:
-            query_id = obj["query_id"] if "query_id" in keys else None
-            doc_id = obj["doc_id"] if "doc_id" in keys else None
-            weight = obj["weight"] if "weight" in keys else 1.0
-            split = obj["split"] if "split" in keys else None
-            ts = obj["ts"] if "ts" in keys else None
-            if weight.__class__ is int:
-                weight = float(weight)
-            if ts.__class__ is int:
-                ts = float(ts)
-            if (
-                query_id.__class__ is not str
-                or not query_id
-                or doc_id.__class__ is not str
-                or not doc_id
-                or "doc_ids" in keys
-                or weight.__class__ is not float
-                or not -max_weight <= weight <= max_weight
-                or (split is not None and split != "train" and split != "validation")
-                or (ts is not None and ts.__class__ is not float)
-            ):
+            # A missing key is looked up in the key list: simdjson's get() raises inside for it.
+            fields = "doc_ids" not in keys and _event_fields(
+                obj["query_id"] if "query_id" in keys else None,
+                obj["doc_id"] if "doc_id" in keys else None,
+                obj["weight"] if "weight" in keys else 1.0,
+                obj["split"] if "split" in keys else None,
+                obj["ts"] if "ts" in keys else None,
+                max_weight,
+            )
+            if not fields:
                 return None
-            fields = (query_id, (doc_id,), weight, split, ts)
             vector = obj["query_embedding"] if "query_embedding" in keys else None
         if vector.__class__ is not simdjson.Array or len(vector) != dim:
             return None
