@@ -310,7 +310,7 @@ def main(argv=None):
     p.add_argument("--docs", type=int, default=None)
     p.add_argument("--events", type=int, default=200_000)
     p.add_argument("--dim", type=int, default=384)
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--method", default="both", choices=["nudge-n", "nudge-m", "both"])
     p.add_argument("--json", type=Path)
     p.add_argument(
