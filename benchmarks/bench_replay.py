@@ -147,14 +147,14 @@ def ingest(n_docs: int, n_events: int, dim: int, repeat: int, profile: bool = Fa
             if simd_times:
                 results[encoding]["simdjson_loop_events_per_s"] = n_events / min(simd_times)
                 results[encoding]["ratio_to_simdjson_loop"] = min(simd_times) / mine
-            if profile and encoding == "json":
+            if profile:
                 engine = Engine(config)
                 sink = JsonlSink(folder / "out.jsonl")
                 pump(engine, JsonlSource(docs_path, None), sink, config.replay.batch_size)
                 source = JsonlSource(None, events_path)
                 profiled(
                     lambda e=engine, s=source, k=sink: pump(e, s, k, config.replay.batch_size),
-                    "ingest, JSON vectors (the events only)",
+                    f"ingest, {encoding} vectors (the events only)",
                 )
                 sink.close()
             r = results[encoding]
@@ -316,7 +316,7 @@ def main(argv=None):
     p.add_argument(
         "--profile",
         action="store_true",
-        help="then profile: one JSON ingest run; the re-selection with 10%% of the window new",
+        help="then profile: one ingest run per encoding; the re-selection with 10%% of the window new",
     )
     a = p.parse_args(argv)
     results = {}
