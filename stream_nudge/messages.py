@@ -230,7 +230,7 @@ class Decoder:
                 out[i] = one(record)
                 continue
             # A vector as a JSON array: simdjson, when the record is plain enough (else orjson).
-            if value[:1] == b"{" and b'_b64"' not in value:
+            if value.__class__ is bytes and value[:1] == b"{" and b'_b64"' not in value:
                 found = _simdjson_record(parse, value, record.topic, dim, max_weight)
                 if found is not None:
                     doubles[0].append(i)
@@ -270,7 +270,7 @@ class Decoder:
             raw = obj.get(name)
             if raw is not None:
                 group, convert = (lists, _from_lists) if raw.__class__ is list else (None, None)
-                if len(raw) != dim:
+                if group is not None and len(raw) != dim:
                     group = None
             else:
                 raw = obj.get(name + "_b64")
@@ -526,9 +526,14 @@ def _from_base64(raws: list[str], dim: int) -> np.ndarray | None:
             return None
     else:
         try:
-            data = b"".join([_strict_b64decode(text) for text in raws])
+            parts = [_strict_b64decode(text) for text in raws]
         except ValueError:  # binascii.Error, or text that is not ASCII
             return None
+        # Each on its own: one text a byte short and another a byte long must not pass as two
+        # vectors of the right length with the bytes between them shifted.
+        if any(len(part) != 4 * dim for part in parts):
+            return None
+        data = b"".join(parts)
     if len(data) != 4 * dim * len(raws):
         return None
     # astype: a no-op view of the fresh array on little-endian machines, a swap elsewhere.

@@ -49,6 +49,9 @@ def vectors(draw, dim: int):
                 "null",
                 "number_texts",
                 "number_texts",
+                "scalar",
+                "b64_byte_long",
+                "b64_byte_short",
             ]
         )
     )
@@ -56,6 +59,12 @@ def vectors(draw, dim: int):
         return "", values
     if kind == "number_texts":  # spelled as orjson never writes them; see records()
         return "", "@numbers@"
+    if kind == "scalar":
+        return "", draw(st.sampled_from([5, 1.5, True]))
+    if kind in ("b64_byte_long", "b64_byte_short"):  # a byte too many or too few
+        raw = np.asarray(values, dtype="<f4").tobytes()
+        raw = raw + b"\x00" if kind == "b64_byte_long" else raw[:-1]
+        return "_b64", base64.b64encode(raw).decode()
     if kind == "b64":
         return "_b64", b64(values)
     if kind == "nan":
@@ -335,3 +344,33 @@ def test_plain_records_never_take_the_one_by_one_path(vectors, monkeypatch):
     reference = Decoder(dim)
     for g, record in zip(got, batch, strict=True):
         assert same(g, reference.decode(record))
+
+
+def test_other_byte_types_decode_as_bytes():
+    """A record value that is a bytearray or memoryview (not what the sources make, but a buffer
+    all the same) decodes as the same bytes do."""
+    line = b'{"query_id":"q","doc_id":"d","query_embedding":[1,2,3]}'
+    reference = Decoder(3).decode(Record("events", line))
+    for value in (bytearray(line), memoryview(line)):
+        got = Decoder(3).decode_batch([Record("events", value), Record("events", line)])
+        assert same(got[1], reference)
+        assert isinstance(got[0], type(reference)) and got[0].vector.tolist() == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("dim", [2, 5, 128])
+def test_base64_a_byte_long_and_a_byte_short_do_not_cancel_out(dim):
+    """Padded base64 (4 * dim not a multiple of 3): a vector one byte too long and one a byte
+    too short in the same batch are each rejected, and the good one between them is intact."""
+    raw = np.arange(dim, dtype="<f4").tobytes()
+    long_, short = raw + b"\x00", raw[:-1]
+    batch = [
+        Record("events", orjson.dumps({"query_id": "q", "doc_id": "d"} | {f: t}))
+        for f, t in [
+            ("query_embedding_b64", base64.b64encode(long_).decode()),
+            ("query_embedding_b64", b64(np.arange(dim))),
+            ("query_embedding_b64", base64.b64encode(short).decode()),
+        ]
+    ]
+    got = Decoder(dim).decode_batch(batch)
+    assert [getattr(g, "reason", None) for g in got] == ["bad_base64", None, "bad_base64"]
+    assert got[1].vector.tolist() == list(range(dim))
