@@ -204,7 +204,8 @@ class Decoder:
 
         A record takes the batch path only if it is a plain upsert or a single-document event
         whose every field already passed the same checks as in :meth:`_one` and whose vector has
-        the stream's length; everything else (deletes, ``doc_ids`` lists, anything doubtful or
+        the stream's length (parsed by simdjson when the vector is a JSON array and the record is
+        plain enough, see :func:`_simdjson_record`; by orjson otherwise); everything else (deletes, ``doc_ids`` lists, anything doubtful or
         bad) is decoded by :meth:`_one` on its own, so reasons and their order stay the
         reference's. The batch path converts each kind of vector with one call for the batch and
         checks finiteness (and zero documents) with one reduction; a record whose vector fails
@@ -552,8 +553,7 @@ def _unpadded_b64decode(text: str) -> np.ndarray | None:
 
     Where it answers, it is what ``binascii.a2b_base64(text, strict_mode=True)`` gives (a test
     checks that), in a few whole-array passes: ``bytes.translate`` to 6-bit values, then 24 bits
-    out of each 4 and three bytes out of those. binascii goes a character at a time and takes
-    nearly twice as long on vectors.
+    out of each 4 and three bytes out of those, where binascii goes a character at a time.
     """
     try:
         data = text.encode("ascii")

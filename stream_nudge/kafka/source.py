@@ -266,6 +266,11 @@ class _Consumer:
             except Exception as exc:  # informational only: a failed commit loses nothing
                 log.warning("could not commit offsets to the group: %s", exc)
 
+    def close(self) -> None:
+        """Leave the group without committing (and without a revocation's checkpoint wait)."""
+        self.closing = True
+        self.consumer.close(autocommit=False)
+
     def wait_for_checkpoint(self) -> None:
         """Tell the parent partitions are being revoked, and wait until it has checkpointed.
 
@@ -328,8 +333,7 @@ def _consume(connection, parent_pid, setup, settings, kinds, docs_topic, poll_ti
     while True:
         command = owner.deferred.pop(0) if owner.deferred else receive_command(connection)
         if command is None:  # the parent is gone
-            owner.closing = True
-            owner.consumer.close(autocommit=False)
+            owner.close()
             return
         op = command[0]
         try:
@@ -338,13 +342,11 @@ def _consume(connection, parent_pid, setup, settings, kinds, docs_topic, poll_ti
             elif op == "commit":
                 owner.commit(command[1])
             elif op == "close":
-                owner.closing = True
-                owner.consumer.close(autocommit=False)
+                owner.close()
                 tell(connection, ("closed",))
                 return
         except OSError:  # the parent is gone: nothing to tell it
-            owner.closing = True
-            owner.consumer.close(autocommit=False)
+            owner.close()
             return
         except Exception as exc:
             tell(connection, ("error", f"{exc.__class__.__name__}: {exc}"))
