@@ -6,6 +6,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stream_nudge.engine import state
 from stream_nudge.engine.state import DocumentTable
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -33,8 +34,19 @@ operations = st.lists(
 
 
 @SETTINGS
-@given(operations)
-def test_sums_slots_and_moving_flags_match_one_click_at_a_time(ops):
+@given(operations, st.sampled_from([1, 2, 3, 64]))
+def test_sums_slots_and_moving_flags_match_one_click_at_a_time(ops, rows_at_once):
+    """Also with the sums updated a row, two or three rows at a time, so that the pieces' edges
+    fall everywhere in a batch of clicks."""
+    kept = state._ROWS_AT_ONCE
+    state._ROWS_AT_ONCE = rows_at_once
+    try:
+        check_sums_against_one_click_at_a_time(ops)
+    finally:
+        state._ROWS_AT_ONCE = kept
+
+
+def check_sums_against_one_click_at_a_time(ops):
     table = DocumentTable(2, capacity=2, slot_capacity=1)
     sums: dict[str, np.ndarray] = {}  # the oracle: each document's sum, added click by click
     clicks: dict[str, int] = {}

@@ -19,6 +19,8 @@ __all__ = ["Decay", "DocumentTable"]
 # Arrays grow by this factor: amortised O(1) appends, and at most half the capacity idle (doubling
 # would leave up to all of it idle, which a million 384-d documents feel as 1.5 GB).
 _GROWTH = 1.5
+# Sum rows updated at once: 64 float64 rows of d = 384 are 192 KiB, within a core's L2 cache.
+_ROWS_AT_ONCE = 64
 
 
 def _grown(array: np.ndarray, rows: int, fill=0) -> np.ndarray:
@@ -280,12 +282,27 @@ class DocumentTable:
         else:
             contrib = vectors.astype(np.float64)
             contrib *= weights[:, None]
+        sums = self.sums
+        after = np.empty(len(touched), dtype=bool)
         for r in range(len(bounds) - 1):
             take = by_rank[bounds[r] : bounds[r + 1]]
-            self.sums[slots[take]] += contrib[take]
+            targets, parts = slots[take], contrib[take]
+            # Round 0 has each touched slot once, in slot order: touched's order.
+            at = None if r == 0 else np.searchsorted(touched, targets)
+            # A few rows at a time, so that they are still in cache when written back, and
+            # whether each is non-zero now is read from the copy (-0.0 counts as zero, as
+            # != 0.0 does).
+            for a in range(0, len(targets), _ROWS_AT_ONCE):
+                rows = targets[a : a + _ROWS_AT_ONCE]
+                block = sums[rows]
+                block += parts[a : a + _ROWS_AT_ONCE]
+                sums[rows] = block
+                if at is None:
+                    after[a : a + _ROWS_AT_ONCE] = block.any(axis=1)
+                else:
+                    after[at[a : a + _ROWS_AT_ONCE]] = block.any(axis=1)
         self.clicks[touched] += sizes
         before = self.moving[touched]
-        after = self.sums[touched].any(axis=1)  # -0.0 counts as zero, as != 0.0 does
         self.moving[touched] = after
         self._forget_geometry(touched)
         return self.row_of_slot[touched], before, after
