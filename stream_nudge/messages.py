@@ -598,7 +598,7 @@ def query_hash(query_id: str) -> int:
 
 def _vector_field(vector: np.ndarray, encoding: str) -> tuple[str, Any]:
     if encoding == "base64":
-        return "embedding_b64", base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+        return "embedding_b64", pybase64.b64encode_as_string(vector.astype("<f4").tobytes())
     return "embedding", vector.astype(np.float32)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 import orjson
 import pytest
@@ -107,6 +109,24 @@ def test_published_vectors_are_the_engines_embeddings():
             <= engine.config.publish.min_change
         )
         assert body["gamma"] == engine.gamma
+
+
+def test_base64_updates_carry_the_json_updates_vectors_bit_for_bit():
+    """publish.encoding base64: the same updates as JSON, each vector as base64 of its
+    little-endian float32s, decoding to exactly the floats the JSON update spells."""
+    doc_msgs, events = toy()
+    overrides = {"gamma": {"every_events": 15}}
+    _, as_json = run_engine(records(doc_msgs, events), overrides)
+    _, as_b64 = run_engine(
+        records(doc_msgs, events), overrides | {"publish": {"encoding": "base64"}}
+    )
+    json_updates, b64_updates = as_json.latest(), as_b64.latest()
+    assert json_updates and json_updates.keys() == b64_updates.keys()
+    for doc_id, body in b64_updates.items():
+        vector = np.frombuffer(base64.b64decode(body.pop("embedding_b64"), validate=True), "<f4")
+        expected = json_updates[doc_id]
+        assert vector.tolist() == np.array(expected.pop("embedding"), dtype=np.float32).tolist()
+        assert body == expected
 
 
 def test_upsert_of_a_known_document_replaces_its_original_and_keeps_its_sum():
