@@ -159,6 +159,17 @@ class Decoder:
         records of the common shapes are checked and their vectors converted a batch at a time
         (see :meth:`_decode_known`); vectors of one batch may then be rows of one array.
         """
+        items, vectors = self.decode_rows(records)
+        for i, item in enumerate(items):
+            if item.__class__ is tuple:
+                items[i] = Event(item[0], vectors[i], item[1], item[2], item[3], item[4])
+        return items
+
+    def decode_rows(self, records: list[Record]) -> tuple[list, np.ndarray]:
+        """:meth:`decode_batch` as the engine takes it: each event as the tuple ``(query_id,
+        doc_ids, weight, split, ts)``, with its vector in the same row of one float32 array
+        (rows of the other records hold anything). No object per event, and the engine gathers
+        a batch's click vectors from the array at once."""
         # One errstate for the batch: values beyond float32 become inf (and are rejected as
         # non-finite) without a warning per vector.
         with np.errstate(over="ignore"):
@@ -167,9 +178,16 @@ class Decoder:
             while self.dimension is None and start < len(records):
                 out.append(self._one(records[start]))
                 start += 1
+            vectors = np.empty((len(records), self.dimension or 0), dtype=np.float32)
             if start < len(records):
-                out.extend(self._decode_known(records[start:] if start else records))
-        return out
+                part = records[start:] if start else records
+                out.extend(self._decode_known(part, vectors[start:]))
+        # Events decoded on their own come as objects.
+        for i, item in enumerate(out):
+            if item.__class__ is Event:
+                vectors[i] = item.vector
+                out[i] = (item.query_id, item.doc_ids, item.weight, item.split, item.ts)
+        return out, vectors
 
     def _one(self, record: Record, obj: Any = None):
         """The reference: one record, every check in the contract's order (``obj``: parsed)."""
@@ -200,7 +218,7 @@ class Decoder:
             raise _Reject("not_an_object", f"a JSON {type(obj).__name__}, not an object")
         return obj
 
-    def _decode_known(self, records: list[Record]) -> list:
+    def _decode_known(self, records: list[Record], rows: np.ndarray) -> list:
         """Decode with the dimension known, a batch at a time where the records allow it.
 
         A record takes the batch path only if it is a plain upsert or a single-document event
@@ -210,7 +228,8 @@ class Decoder:
         bad) is decoded by :meth:`_one` on its own, so reasons and their order stay the
         reference's. The batch path converts each kind of vector with one call for the batch and
         checks finiteness (and zero documents) with one reduction; a record whose vector fails
-        there is decoded again by :meth:`_one`, which then names the reason.
+        there is decoded again by :meth:`_one`, which then names the reason. The batch path's
+        events come as :meth:`decode_rows` has them, their vectors in ``rows`` (one per record).
         """
         dim = self.dimension
         if len(records) < 2 or dim > self.max_dimension:
@@ -239,7 +258,7 @@ class Decoder:
                     doubles[1].append(found[0])
                     doubles[2].append(found[1])
                     if len(doubles[0]) == _GROUP:
-                        self._finish(doubles, _from_doubles, records, out)
+                        self._finish(doubles, _from_doubles, records, out, rows)
                     continue
             try:
                 obj = loads(value)
@@ -286,14 +305,15 @@ class Decoder:
             group[1].append(fields)
             group[2].append(raw)
             if len(group[0]) == _GROUP:
-                self._finish(group, convert, records, out)
-        self._finish(doubles, _from_doubles, records, out)
-        self._finish(lists, _from_lists, records, out)
-        self._finish(texts, _from_base64, records, out)
+                self._finish(group, convert, records, out, rows)
+        self._finish(doubles, _from_doubles, records, out, rows)
+        self._finish(lists, _from_lists, records, out, rows)
+        self._finish(texts, _from_base64, records, out, rows)
         return out
 
-    def _finish(self, group: tuple[list, list, list], convert, records, out: list) -> None:
-        """Convert a group's vectors at once, check them, and put its items in ``out``."""
+    def _finish(self, group: tuple[list, list, list], convert, records, out: list, rows) -> None:
+        """Convert a group's vectors at once, check them, and put its items in ``out`` (the
+        vectors in ``rows``)."""
         index, fields, raws = group
         if not index:
             return
@@ -306,13 +326,14 @@ class Decoder:
             if any(f.__class__ is str for f in fields):
                 # Documents must not be all zeros (a zero query is fine).
                 good &= vectors.any(axis=1) | np.array([f.__class__ is not str for f in fields])
-            for i, f, vector, ok in zip(index, fields, vectors, good.tolist(), strict=True):
+            rows[index] = vectors
+            for i, f, ok in zip(index, fields, good.tolist(), strict=True):
                 if not ok:
                     out[i] = self._one(records[i])
                 elif f.__class__ is str:
-                    out[i] = DocUpsert(f, vector)
+                    out[i] = DocUpsert(f, rows[i])
                 else:
-                    out[i] = Event(f[0], vector, f[1], f[2], f[3], f[4])
+                    out[i] = f
         for part in group:
             part.clear()
 

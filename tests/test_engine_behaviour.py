@@ -180,3 +180,30 @@ def test_nudge_n_publishes_unit_vectors_and_nudge_m_says_dot(method):
             assert body["similarity"] == "cosine" and abs(norm - 1) < 1e-5
         else:
             assert body["similarity"] == "dot"
+
+
+def test_clicks_left_by_a_failed_batch_keep_their_own_vectors(monkeypatch):
+    """A batch that stops half way (an exception) leaves its earlier training clicks buffered.
+    They keep their vectors, not the rows of the next batch's vector array, and are added with
+    the next batch's clicks."""
+    rng = np.random.default_rng(3)
+    queries = rng.normal(size=(3, 4)).astype(np.float32)
+    engine = Engine(load_config())
+    engine.process(records([doc_message("a", [1, 0, 0, 0]), doc_message("b", [0, 1, 0, 0])], []))
+    failing = [
+        event_message("q0", queries[0], "a", "train"),
+        event_message("q1", queries[1], "b", "train"),
+        event_message("v", queries[2], "a", "validation"),
+    ]
+
+    def fail(*args):
+        raise RuntimeError("stopped half way")
+
+    monkeypatch.setattr(engine, "_validation_event", fail)
+    with pytest.raises(RuntimeError):
+        engine.process(records([], failing))
+    monkeypatch.undo()
+    engine.process(records([], [event_message("q2", queries[2], "b", "train")]))
+    sums = sums_by_id(engine)
+    assert np.array_equal(sums["a"], queries[0].astype(np.float64))
+    assert np.array_equal(sums["b"], queries[1].astype(np.float64) + queries[2])

@@ -28,7 +28,6 @@ from stream_nudge.messages import (
     Decoder,
     DocDelete,
     DocUpsert,
-    Event,
     Record,
     Updates,
     encode_tombstone,
@@ -47,6 +46,72 @@ _TIMELESS = (math.nan, math.nan)
 
 # Recent query ids' splits, remembered: several clicks of one query then hash it once.
 _SPLIT_CACHE = 100_000
+
+
+class _Clicks:
+    """Training clicks not yet added to the sums, in order: each click's row, weight, query
+    vector and, with decay, its time (event count, seconds).
+
+    A click of the batch being processed keeps its vector as an index into the batch's vector
+    array (``picks[k] >= 0``): three appends per click, and one gather for the whole buffer when
+    it is added. Any other click (a folded validation query, a click that waited for its
+    document) brings its own vector, kept in ``own`` (``picks[k] = -1 - its index there``).
+    """
+
+    __slots__ = ("batch", "own", "picks", "rows", "weights", "whens")
+
+    def __init__(self):
+        self.rows: list[int] = []
+        self.weights: list[float] = []
+        self.picks: list[int] = []
+        self.whens: list[tuple[float, float]] = []  # only with decay
+        self.own: list[np.ndarray] = []
+        self.batch: np.ndarray | None = None  # the vectors of the batch being processed
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, row: int, weight: float, vector: np.ndarray, when) -> None:
+        """A click with a vector of its own (``when``: its time with decay, else None)."""
+        self.rows.append(row)
+        self.weights.append(weight)
+        self.picks.append(-1 - len(self.own))
+        self.own.append(vector)
+        if when is not None:
+            self.whens.append(when)
+
+    def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Rows, weights, vectors and (with decay) times of the buffered clicks; empties it.
+
+        The lists are emptied in place: appends bound to them before stay valid.
+        """
+        picks = np.array(self.picks, dtype=np.int64)
+        if not self.own:
+            vectors = self.batch[picks]
+        else:
+            # Every own vector is flat and of the stream's dimension: one concatenate is
+            # several times cheaper than stack, which handles each array on its own.
+            own = np.concatenate(self.own).reshape(len(self.own), -1)
+            vectors = np.empty((len(picks), own.shape[1]), dtype=np.float32)
+            from_batch = picks >= 0
+            if from_batch.any():
+                vectors[from_batch] = self.batch[picks[from_batch]]
+            vectors[~from_batch] = own[-1 - picks[~from_batch]]
+        rows = np.array(self.rows, dtype=np.int64)
+        weights = np.array(self.weights, dtype=np.float64)
+        times = np.array(self.whens, dtype=np.float64).reshape(-1, 2) if self.whens else None
+        for part in (self.rows, self.weights, self.picks, self.whens, self.own):
+            part.clear()
+        return rows, weights, vectors, times
+
+    def end_batch(self) -> None:
+        """The batch's vector array is going: clicks still buffered (only if processing the
+        batch stopped half way, with an exception) get copies of their vectors."""
+        for k, pick in enumerate(self.picks):
+            if pick >= 0:
+                self.picks[k] = -1 - len(self.own)
+                self.own.append(self.batch[pick].copy())
+        self.batch = None
 
 
 class Output:
@@ -141,36 +206,40 @@ class Engine:
         self._enter_caches: set[int] = set()
         # Training clicks not yet added to the sums (applied in order, before anything that
         # could change what a row means).
-        # (row, weight, query vector), and with decay the click's (event count, seconds) too.
-        self._clicks: list[tuple] = []
+        self._clicks = _Clicks()
 
     # --- the public verbs -----------------------------------------------------------------------
 
     def process(self, records: list[Record]) -> Output:
         """Apply a batch of records; return what to publish."""
         out = Output()
-        items = self.decoder.decode_batch(records)
-        at = 0
-        while at < len(items):
-            item = items[at]
-            kind = item.__class__
-            if kind is DeadLetter:
-                self._dead(item, out)
-            elif self.docs is None and kind is DocDelete:  # nothing to delete before any vector
-                self.counts["deletes"] += 1
-                self.counts["deletes_unknown"] += 1
-            else:
-                if self.docs is None:
-                    self._start(self.decoder.dimension)
-                if kind is Event:
-                    at = self._events(items, records, at, out)
-                    continue
-                if kind is DocUpsert:
-                    self._upsert(item)
+        # Events come as tuples, their vectors in the rows of one array (Decoder.decode_rows).
+        items, vectors = self.decoder.decode_rows(records)
+        self._clicks.batch = vectors
+        try:
+            at = 0
+            while at < len(items):
+                item = items[at]
+                kind = item.__class__
+                if kind is DeadLetter:
+                    self._dead(item, out)
+                elif self.docs is None and kind is DocDelete:  # nothing to delete before any vector
+                    self.counts["deletes"] += 1
+                    self.counts["deletes_unknown"] += 1
                 else:
-                    self._delete(item, out)
-            at += 1
-        self._flush()
+                    if self.docs is None:
+                        self._start(self.decoder.dimension)
+                    if kind is tuple:
+                        at = self._events(items, vectors, records, at, out)
+                        continue
+                    if kind is DocUpsert:
+                        self._upsert(item)
+                    else:
+                        self._delete(item, out)
+                at += 1
+            self._flush()
+        finally:
+            self._clicks.end_batch()
         self._publish(out)
         return out
 
@@ -247,12 +316,14 @@ class Engine:
             (doc.id, None, encode_tombstone(doc.id, self.generation), self.generation)
         )
 
-    def _events(self, items: list, records: list[Record], at: int, out: Output) -> int:
+    def _events(
+        self, items: list, vectors: np.ndarray, records: list[Record], at: int, out: Output
+    ) -> int:
         """Apply the run of events that starts at ``items[at]``; return where the run ends.
 
         The hot path of ingest, once per event: look-ups are hoisted out of the loop, counters
-        kept in locals, and a training click costs one append. A selection falls due at the exact
-        event the count or the event time says, whatever the batching.
+        kept in locals, and a training click costs three appends. A selection falls due at the
+        exact event the count or the event time says, whatever the batching.
         """
         gamma = self.config.gamma
         every_events, every_seconds = gamma.every_events, gamma.every_seconds
@@ -260,20 +331,24 @@ class Engine:
         get_row = self.docs.row_of.get
         split_of = self._split_of
         below = self._validation_below
-        click = self._clicks.append
+        clicks = self._clicks
+        click_row, click_weight, click_pick = (
+            clicks.rows.append,
+            clicks.weights.append,
+            clicks.picks.append,
+        )
+        click_when = clicks.whens.append
         events, since, train = self.events, self.events_since_selection, 0
         try:
             while at < len(items):
                 event = items[at]
-                if event.__class__ is not Event:
+                if event.__class__ is not tuple:
                     break
-                record = records[at]
-                at += 1
+                query_id, doc_ids, weight, split, ts = event
                 events += 1
                 since += 1
-                ts = event.ts
                 if ts is None:
-                    ts = record.timestamp
+                    ts = records[at].timestamp
                 if ts is not None:
                     if self.clock is None:
                         self.first_clock = ts
@@ -287,9 +362,7 @@ class Engine:
                 if decay is not None:
                     clock = self.clock if self.clock is not None else math.nan
                     when = (float(events), ts if ts is not None else clock)
-                split = event.split
                 if split is None:
-                    query_id = event.query_id
                     split = split_of.get(query_id)
                     if split is None:
                         # is_validation(), with its threshold computed once.
@@ -299,41 +372,45 @@ class Engine:
                         split_of[query_id] = split
                 if split == "train":
                     train += 1
-                    weight, vector = event.weight, event.vector
-                    for doc_id in event.doc_ids:
+                    for doc_id in doc_ids:
                         row = get_row(doc_id)
                         if row is None:
-                            self._pend(doc_id, vector, weight, when, record, out)
-                        elif decay is None:
-                            click((row, weight, vector))
+                            self._pend(doc_id, vectors[at], weight, when, records[at], out)
                         else:
-                            click((row, weight, vector, when))
+                            click_row(row)
+                            click_weight(weight)
+                            click_pick(at)
+                            if decay is not None:
+                                click_when(when)
                 else:
-                    self._validation_event(event, record, when, out)
+                    vector, record = vectors[at], records[at]
+                    self._validation_event(query_id, vector, doc_ids, weight, record, when, out)
+                at += 1
                 if (every_events and since >= every_events) or (
                     every_seconds and ts is not None and self._time_due(every_seconds)
                 ):
                     self.events, self.events_since_selection = events, since
-                    self._select(out)  # flushes: the click buffer is a new list after it
+                    self._select(out)  # flushes (the click lists are emptied in place)
                     events, since = self.events, self.events_since_selection
-                    click = self._clicks.append
         finally:
             self.events, self.events_since_selection = events, since
             self.counts["train_events"] += train
         return at
 
-    def _validation_event(self, event: Event, record: Record, when, out: Output) -> None:
+    def _validation_event(
+        self, query_id: str, vector, doc_ids, weight: float, record: Record, when, out: Output
+    ) -> None:
         self.counts["validation_events"] += 1
-        for doc_id in event.doc_ids:
-            evicted = self.window.add(event.query_id, event.vector, doc_id, event.weight, when)
+        for doc_id in doc_ids:
+            evicted = self.window.add(query_id, vector, doc_id, weight, when)
             row = self.docs.row_of.get(doc_id)
             if row is not None:
-                self.window.forget_answer(self.window.slot_of[event.query_id], row)
+                self.window.forget_answer(self.window.slot_of[query_id], row)
             if evicted is not None and self.config.validation.fold_evicted:
-                _, vector, answers, born = evicted
+                _, folded, answers, born = evicted
                 self.counts["folded_queries"] += 1
-                for answer_id, weight in answers.items():
-                    self._train(answer_id, vector, weight, born, record, out)
+                for answer_id, answer_weight in answers.items():
+                    self._train(answer_id, folded, answer_weight, born, record, out)
 
     def _train(self, doc_id: str, vector: np.ndarray, weight: float, when, record, out: Output):
         row = self.docs.row_of.get(doc_id)
@@ -354,23 +431,13 @@ class Engine:
         self.pending_count += 1
 
     def _buffer(self, row: int, vector: np.ndarray, weight: float, when) -> None:
-        if self._decay is None:
-            self._clicks.append((row, weight, vector))
-        else:
-            self._clicks.append((row, weight, vector, when))
+        self._clicks.add(row, weight, vector, when if self._decay is not None else None)
 
     def _flush(self) -> None:
         """Add buffered training clicks to the query sums."""
-        if not self._clicks:
+        if not len(self._clicks):
             return
-        columns = list(zip(*self._clicks, strict=True))
-        self._clicks = []
-        rows = np.array(columns[0], dtype=np.int64)
-        weights = np.array(columns[1], dtype=np.float64)
-        # Every buffered vector is flat and of the stream's dimension: one concatenate is several
-        # times cheaper than stack, which handles each array on its own.
-        vectors = np.concatenate(columns[2]).reshape(len(rows), -1)
-        times = np.array(columns[3], dtype=np.float64) if self._decay is not None else None
+        rows, weights, vectors, times = self._clicks.take()
         now = (float(self.events), self.clock if self.clock is not None else math.nan)
         origin = self.first_clock if self.first_clock is not None else math.nan
         touched, before, after = self.docs.add(rows, weights, vectors, times, now, origin)
