@@ -554,8 +554,8 @@ def _from_base64(raws: list[str], dim: int) -> np.ndarray | None:
         data = b"".join(parts)
     if data is None or len(data) != 4 * dim * len(raws):
         return None
-    # astype copies: the vectors must not be read-only views of the decoded bytes.
-    return np.frombuffer(data, dtype="<f4").reshape(len(raws), dim).astype(np.float32)
+    # A read-only view of the decoded bytes: the caller copies the vectors into its own array.
+    return np.frombuffer(data, dtype="<f4").reshape(len(raws), dim)
 
 
 def _unpadded_b64decode(text: str) -> bytes | None:
@@ -573,7 +573,7 @@ def _fast_b64decode(text: str) -> bytes | None:
     """
     try:
         return pybase64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError, TypeError):
+    except (ValueError, TypeError):  # binascii.Error is a ValueError
         return None
 
 

@@ -294,21 +294,25 @@ def test_batch_base64_decoders_answer_as_binascii_strict(text, data):
     and give its bytes. The unpadded one answers exactly where strict binascii accepts a text
     without padding; anything else (padding, other characters, a length that is not a multiple
     of 4, non-ASCII) it refuses, for the one-by-one path to name. The general one may refuse a
-    padded text binascii takes (the one-by-one path then decodes it), nothing else."""
+    text binascii takes that has padding after complete groups of four (the one-by-one path then
+    decodes it), nothing else."""
     import binascii
 
-    from stream_nudge.messages import _fast_b64decode, _unpadded_b64decode
+    from stream_nudge.messages import _fast_b64decode, _strict_b64decode, _unpadded_b64decode
 
     if text and data.draw(st.booleans()):  # one character swapped for any other
         at = data.draw(st.integers(0, len(text) - 1))
         text = text[:at] + data.draw(st.characters(max_codepoint=0x2FF)) + text[at + 1 :]
     try:
-        expected = binascii.a2b_base64(text, strict_mode=True)
+        expected = _strict_b64decode(text)
     except (binascii.Error, ValueError):
         expected = None
     unpadded, fast = _unpadded_b64decode(text), _fast_b64decode(text)
     assert unpadded == (None if "=" in text else expected)
-    assert fast == expected or (fast is None and "=" in text)
+    # Where pybase64 refuses what binascii takes, the text is padding after complete groups.
+    assert fast == expected or (
+        fast is None and text.endswith("=") and len(text.rstrip("=")) % 4 == 0
+    )
 
 
 @pytest.mark.parametrize("vectors", ["json", "base64"])

@@ -50,34 +50,37 @@ _SPLIT_CACHE = 100_000
 
 class _Clicks:
     """Training clicks not yet added to the sums, in order: each click's row, weight, query
-    vector and, with decay, its time (event count, seconds).
+    vector and, with decay (``timed``), its time (event count, seconds).
 
     A click of the batch being processed keeps its vector as an index into the batch's vector
-    array (``picks[k] >= 0``): three appends per click, and one gather for the whole buffer when
-    it is added. Any other click (a folded validation query, a click that waited for its
-    document) brings its own vector, kept in ``own`` (``picks[k] = -1 - its index there``).
+    array (``picks[k] >= 0``): three appends per click (four with decay), and one gather for the
+    whole buffer when it is added. Any other click (a folded validation query, a click that
+    waited for its document) brings its own vector, kept in ``own`` (``picks[k] = -1 - its
+    index there``). Besides :meth:`add`, :meth:`Engine._events` appends to the lists itself (the
+    hot path); every click has an entry in each list (in ``whens`` only when timed).
     """
 
-    __slots__ = ("batch", "own", "picks", "rows", "weights", "whens")
+    __slots__ = ("batch", "own", "picks", "rows", "timed", "weights", "whens")
 
-    def __init__(self):
+    def __init__(self, timed: bool):
+        self.timed = timed
         self.rows: list[int] = []
         self.weights: list[float] = []
         self.picks: list[int] = []
-        self.whens: list[tuple[float, float]] = []  # only with decay
+        self.whens: list[tuple[float, float]] = []
         self.own: list[np.ndarray] = []
         self.batch: np.ndarray | None = None  # the vectors of the batch being processed
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def add(self, row: int, weight: float, vector: np.ndarray, when) -> None:
-        """A click with a vector of its own (``when``: its time with decay, else None)."""
+    def add(self, row: int, weight: float, vector: np.ndarray, when: tuple[float, float]) -> None:
+        """A click with a vector of its own."""
         self.rows.append(row)
         self.weights.append(weight)
         self.picks.append(-1 - len(self.own))
         self.own.append(vector)
-        if when is not None:
+        if self.timed:
             self.whens.append(when)
 
     def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
@@ -99,7 +102,7 @@ class _Clicks:
             vectors[~from_batch] = own[-1 - picks[~from_batch]]
         rows = np.array(self.rows, dtype=np.int64)
         weights = np.array(self.weights, dtype=np.float64)
-        times = np.array(self.whens, dtype=np.float64).reshape(-1, 2) if self.whens else None
+        times = np.array(self.whens, dtype=np.float64).reshape(-1, 2) if self.timed else None
         for part in (self.rows, self.weights, self.picks, self.whens, self.own):
             part.clear()
         return rows, weights, vectors, times
@@ -206,7 +209,7 @@ class Engine:
         self._enter_caches: set[int] = set()
         # Training clicks not yet added to the sums (applied in order, before anything that
         # could change what a row means).
-        self._clicks = _Clicks()
+        self._clicks = _Clicks(timed=self._decay is not None)
 
     # --- the public verbs -----------------------------------------------------------------------
 
@@ -322,8 +325,8 @@ class Engine:
         """Apply the run of events that starts at ``items[at]``; return where the run ends.
 
         The hot path of ingest, once per event: look-ups are hoisted out of the loop, counters
-        kept in locals, and a training click costs three appends. A selection falls due at the
-        exact event the count or the event time says, whatever the batching.
+        kept in locals, and a training click costs three appends (four with decay). A selection
+        falls due at the exact event the count or the event time says, whatever the batching.
         """
         gamma = self.config.gamma
         every_events, every_seconds = gamma.every_events, gamma.every_seconds
@@ -431,7 +434,7 @@ class Engine:
         self.pending_count += 1
 
     def _buffer(self, row: int, vector: np.ndarray, weight: float, when) -> None:
-        self._clicks.add(row, weight, vector, when if self._decay is not None else None)
+        self._clicks.add(row, weight, vector, when)
 
     def _flush(self) -> None:
         """Add buffered training clicks to the query sums."""

@@ -293,10 +293,10 @@ class DocumentTable:
             # whether each is non-zero now is read from the copy (-0.0 counts as zero, as
             # != 0.0 does).
             for a in range(0, len(targets), _ROWS_AT_ONCE):
-                rows = targets[a : a + _ROWS_AT_ONCE]
-                block = sums[rows]
+                chunk = targets[a : a + _ROWS_AT_ONCE]
+                block = sums[chunk]
                 block += parts[a : a + _ROWS_AT_ONCE]
-                sums[rows] = block
+                sums[chunk] = block
                 if at is None:
                     after[a : a + _ROWS_AT_ONCE] = block.any(axis=1)
                 else:
