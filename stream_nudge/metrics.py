@@ -23,21 +23,47 @@ _QUERY_BLOCK = 256
 
 def rankings(doc_embeddings: np.ndarray, queries: np.ndarray, depth: int) -> np.ndarray:
     """The ``depth`` best document rows per query, best first (ties: lower row first)."""
+    return _ranked(doc_embeddings, queries, depth)[0]
+
+
+def _ranked(doc_embeddings, queries, depth: int, relevance=None):
+    """:func:`rankings`, and with ``relevance`` also each query's rank (from 0) of its first
+    relevant document in the whole ranking, or -1 if it has none: the rank is counted from the
+    scores (documents above, and tied ones on a lower row), with no full sort."""
     docs = np.asarray(doc_embeddings, dtype=np.float32)
     q = np.asarray(queries, dtype=np.float32)
     depth = min(depth, docs.shape[0])
     out = np.empty((q.shape[0], depth), dtype=np.int64)
+    first = np.full(q.shape[0], -1, dtype=np.int64)
+    doc_rows = np.arange(docs.shape[0])
     for start in range(0, q.shape[0], _QUERY_BLOCK):
         scores = q[start : start + _QUERY_BLOCK] @ docs.T
-        part = (
-            np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
-            if depth < docs.shape[0]
-            else (np.tile(np.arange(docs.shape[0]), (scores.shape[0], 1)))
-        )
+        if depth < docs.shape[0]:
+            negated = -scores
+            part = np.argpartition(negated, depth - 1, axis=1)[:, :depth]
+            # Where documents tie at the cut, argpartition takes any of them: those queries
+            # take the lowest rows of the tie, from a stable sort (rare with float scores).
+            cut = np.take_along_axis(negated, part, axis=1).max(axis=1)
+            for j in np.flatnonzero((negated <= cut[:, None]).sum(axis=1) > depth):
+                part[j] = np.argsort(negated[j], kind="stable")[:depth]
+        else:
+            part = np.tile(doc_rows, (scores.shape[0], 1))
         picked = np.take_along_axis(scores, part, axis=1)
         order = np.lexsort((part, -picked), axis=1)
         out[start : start + scores.shape[0]] = np.take_along_axis(part, order, axis=1)
-    return out
+        if relevance is None:
+            continue
+        for j, i in enumerate(range(start, start + scores.shape[0])):
+            rows = np.array(sorted(r for r, grade in relevance[i].items() if grade > 0), np.int64)
+            if not rows.size:
+                continue
+            # The best relevant document: the highest score, the lowest row among equals.
+            best = rows[np.argmax(scores[j, rows])]
+            score = scores[j, best]
+            first[i] = np.count_nonzero(scores[j] > score) + np.count_nonzero(
+                scores[j, :best] == score
+            )
+    return out, first
 
 
 def retrieval_metrics(
@@ -56,10 +82,10 @@ def retrieval_metrics(
     0.0
     """
     n_docs = np.asarray(doc_embeddings).shape[0]
-    ranked = rankings(doc_embeddings, queries, n_docs)
+    ranked, first_hit = _ranked(doc_embeddings, queries, max(*ks, ndcg_k), relevance)
     recall = {k: [] for k in ks}
     ndcg, mrr = [], []
-    discount = 1.0 / np.log2(np.arange(2, n_docs + 2))
+    discount = 1.0 / np.log2(np.arange(2, ranked.shape[1] + 2))
     for i, rel in enumerate(relevance):
         grades = np.zeros(n_docs)
         for row, grade in rel.items():
@@ -71,8 +97,7 @@ def retrieval_metrics(
         gains = grades[ranked[i][:ndcg_k]]
         ideal = np.sort(grades)[::-1][:ndcg_k]
         ndcg.append((gains * discount[: len(gains)]).sum() / (ideal * discount[: len(ideal)]).sum())
-        first = np.flatnonzero(hits)
-        mrr.append(1.0 / (first[0] + 1) if first.size else 0.0)
+        mrr.append(1.0 / (first_hit[i] + 1) if first_hit[i] >= 0 else 0.0)
     out = {f"R@{k}": 100.0 * float(np.mean(v)) for k, v in recall.items()}
     out[f"NDCG@{ndcg_k}"] = 100.0 * float(np.mean(ndcg))
     out["MRR"] = 100.0 * float(np.mean(mrr))

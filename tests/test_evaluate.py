@@ -13,7 +13,7 @@ import pytrec_eval
 from streams import doc_message, event_message, write_jsonl
 
 from stream_nudge.cli import main
-from stream_nudge.metrics import retrieval_metrics
+from stream_nudge.metrics import rankings, retrieval_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from shared_to_jsonl import export
@@ -52,6 +52,30 @@ def test_metrics_agree_with_trec_eval(seed):
         want["MRR"].append(t["recip_rank"])
     for m in METRICS:
         assert ours[m] / 100.0 == pytest.approx(np.mean(want[m]), abs=1e-6), m
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rankings_and_mrr_break_ties_as_a_stable_full_sort(seed):
+    """Small integer vectors, so that many scores tie, also at the cut of the top k: the top k
+    and the reciprocal rank of the first relevant document are those of a stable sort of every
+    document by score (the lower row first among equals)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(100):
+        n_docs = int(rng.integers(1, 50))
+        docs = rng.integers(-2, 3, size=(n_docs, 3)).astype(np.float32)
+        queries = rng.integers(-2, 3, size=(12, 3)).astype(np.float32)
+        order = np.argsort(-(queries @ docs.T), axis=1, kind="stable")
+        depth = int(rng.integers(1, n_docs + 1))
+        assert rankings(docs, queries, depth).tolist() == order[:, :depth].tolist()
+        relevance = [
+            {int(r): 1.0 for r in rng.choice(n_docs, size=int(rng.integers(1, 4)))} for _ in queries
+        ]
+        expected = []
+        for i, rel in enumerate(relevance):
+            rank = next(k for k, row in enumerate(order[i]) if row in rel)
+            expected.append(1.0 / (rank + 1))
+        mrr = retrieval_metrics(docs, queries, relevance, ks=(1,), ndcg_k=1)["MRR"]
+        assert mrr == pytest.approx(100.0 * np.mean(expected), abs=1e-9)
 
 
 def write_config(tmp_path, text: str) -> str:
