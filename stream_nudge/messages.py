@@ -224,12 +224,13 @@ class Decoder:
         A record takes the batch path only if it is a plain upsert or a single-document event
         whose every field already passed the same checks as in :meth:`_one` and whose vector has
         the stream's length (parsed by simdjson when the vector is a JSON array and the record is
-        plain enough, see :func:`_simdjson_record`; by orjson otherwise); everything else (deletes, ``doc_ids`` lists, anything doubtful or
-        bad) is decoded by :meth:`_one` on its own, so reasons and their order stay the
-        reference's. The batch path converts each kind of vector with one call for the batch and
-        checks finiteness (and zero documents) with one reduction; a record whose vector fails
-        there is decoded again by :meth:`_one`, which then names the reason. The batch path's
-        events come as :meth:`decode_rows` has them, their vectors in ``rows`` (one per record).
+        plain enough, see :func:`_simdjson_record`; by orjson otherwise); everything else
+        (deletes, ``doc_ids`` lists, anything doubtful or bad) is decoded by :meth:`_one` on its
+        own, so reasons and their order stay the reference's. The batch path converts each kind
+        of vector with one call for the batch and checks finiteness (and zero documents) with one
+        reduction; a record whose vector fails there is decoded again by :meth:`_one`, which then
+        names the reason. The batch path's events come as :meth:`decode_rows` has them, their
+        vectors in ``rows`` (one per record).
         """
         dim = self.dimension
         if len(records) < 2 or dim > self.max_dimension:
@@ -540,7 +541,8 @@ def _from_lists(raws: list[list], dim: int) -> np.ndarray | None:
 
 
 def _from_base64(raws: list[str], dim: int) -> np.ndarray | None:
-    """Base64 texts of ``dim`` float32 each as one array (a copy), or None if any is not that."""
+    """Base64 texts of ``dim`` float32 each as one array (a read-only view of the decoded bytes),
+    or None if any is not that."""
     if 4 * dim % 3 == 0:
         # No padding: the texts joined are valid base64 exactly when each one is, and one
         # call decodes them all.
@@ -554,7 +556,7 @@ def _from_base64(raws: list[str], dim: int) -> np.ndarray | None:
         data = b"".join(parts)
     if data is None or len(data) != 4 * dim * len(raws):
         return None
-    # A read-only view of the decoded bytes: the caller copies the vectors into its own array.
+    # The caller copies the vectors into its own array.
     return np.frombuffer(data, dtype="<f4").reshape(len(raws), dim)
 
 
@@ -565,7 +567,7 @@ def _unpadded_b64decode(text: str) -> bytes | None:
 
 
 def _fast_b64decode(text: str) -> bytes | None:
-    """The bytes of base64 ``text``, or None: pybase64 (SIMD, over ten times binascii's speed).
+    """The bytes of base64 ``text``, or None: pybase64 (SIMD, far faster than binascii).
 
     Where it answers, the answer is strict binascii's (the reference, :func:`_strict_b64decode`);
     it refuses a few texts strict binascii takes (padding after a complete group), which then go

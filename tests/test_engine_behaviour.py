@@ -96,6 +96,14 @@ def test_min_change_suppresses_small_moves_and_initial_publishes_everything():
     assert few.messages == []
     _, every = run_engine(records(doc_msgs, events), {"publish": {"initial": True}})
     assert set(every.latest()) == {f"d{i}" for i in range(30)}
+    # Also at gamma 0, with no click at all: every document goes out once, as it came.
+    _, unclicked = run_engine(records(doc_msgs, []), {"publish": {"initial": True}})
+    latest = unclicked.latest()
+    assert set(latest) == {f"d{i}" for i in range(30)} and len(unclicked.messages) == 30
+    for i, message in enumerate(doc_msgs):
+        original = np.array(orjson.loads(message)["embedding"], dtype=np.float32)
+        assert latest[f"d{i}"]["gamma"] == 0.0
+        assert np.allclose(latest[f"d{i}"]["embedding"], original / np.linalg.norm(original))
 
 
 def test_published_vectors_are_the_engines_embeddings():

@@ -294,7 +294,7 @@ class Engine:
             if waiting:
                 self.pending_count -= len(waiting)
                 for vector, weight, when in waiting:
-                    self._buffer(row, vector, weight, when)
+                    self._clicks.add(row, weight, vector, when)
                 self._flush()
         # Its cached scores (if untouched) are stale; it re-enters with the new embedding.
         self._leave_caches.add(row)
@@ -418,7 +418,7 @@ class Engine:
     def _train(self, doc_id: str, vector: np.ndarray, weight: float, when, record, out: Output):
         row = self.docs.row_of.get(doc_id)
         if row is not None:
-            self._buffer(row, vector, weight, when)
+            self._clicks.add(row, weight, vector, when)
         else:
             self._pend(doc_id, vector, weight, when, record, out)
 
@@ -432,9 +432,6 @@ class Engine:
         # for one waiting click.
         self.pending.setdefault(doc_id, []).append((vector.copy(), weight, when))
         self.pending_count += 1
-
-    def _buffer(self, row: int, vector: np.ndarray, weight: float, when) -> None:
-        self._clicks.add(row, weight, vector, when)
 
     def _flush(self) -> None:
         """Add buffered training clicks to the query sums."""
@@ -580,32 +577,32 @@ class Engine:
         self._forced = set()
         if not candidates:
             return
-        if self.gamma == 0.0 and not forced and not docs.has_published[: docs.n_slots].any():
-            return  # every embedding is its original, as published (ingest before a selection)
-        rows = np.array(sorted(candidates), dtype=np.int64)
+        rows = np.fromiter(candidates, dtype=np.int64, count=len(candidates))
+        rows.sort()
         rows = rows[docs.alive[rows]]
-        if len(rows) == 0:
-            return
         slots = docs.slot_of[rows]
         seen = slots >= 0
         seen[seen] = docs.has_published[slots[seen]]
-        emit = np.zeros(len(rows), dtype=bool)
-        current = None
-        # At gamma 0 every embedding is its original: only a document published at another gamma
-        # can have moved. Ingest before the first selection (most of a replay) then computes
-        # nothing here.
-        check = np.flatnonzero(seen) if self.gamma == 0.0 else np.arange(len(rows))
-        if len(check):
-            current = self._embeddings(rows)
-            baseline = docs.published[slots[check]].astype(np.float64)
-            unseen = ~seen[check]
-            baseline[unseen] = docs.originals[rows[check[unseen]]]
-            moved = np.linalg.norm(current[check].astype(np.float64) - baseline, axis=1)
-            emit[check] = moved > self.config.publish.min_change
-        if forced:
-            emit |= np.isin(rows, np.fromiter(forced, dtype=np.int64))
-        if current is None and emit.any():
-            current = self._embeddings(rows)
+        must = (
+            np.isin(rows, np.fromiter(forced, dtype=np.int64, count=len(forced)))
+            if forced
+            else np.zeros(len(rows), dtype=bool)
+        )
+        if self.gamma == 0.0:
+            # At gamma 0 every embedding is its original, which search already has unless it was
+            # published at another gamma: only those documents (and forced ones) can need an
+            # update. Ingest before the first selection (most of a replay) stops here.
+            keep = seen | must
+            rows, slots, seen, must = rows[keep], slots[keep], seen[keep], must[keep]
+        if len(rows) == 0:
+            return
+        current = self._embeddings(rows)
+        baseline = np.empty(current.shape, dtype=np.float64)
+        if seen.any():
+            baseline[seen] = docs.published[slots[seen]]
+        baseline[~seen] = docs.originals[rows[~seen]]
+        moved = np.linalg.norm(current.astype(np.float64) - baseline, axis=1)
+        emit = must | (moved > self.config.publish.min_change)
         emitted = np.flatnonzero(emit)
         if len(emitted) == 0:
             return
@@ -613,8 +610,7 @@ class Engine:
         vectors = current[emitted]
         generations = self.generation + 1 + np.arange(len(emitted), dtype=np.int64)
         self.generation += len(emitted)
-        chosen = rows[emitted]
-        slots = docs.slot_of[chosen]
+        chosen, slots = rows[emitted], slots[emitted]
         kept = slots >= 0
         docs.published[slots[kept]] = vectors[kept]
         docs.has_published[slots[kept]] = True
@@ -627,7 +623,7 @@ class Engine:
             c.similarity,
             c.publish.encoding,
         )
-        self.counts["updates"] += int(emit.sum())
+        self.counts["updates"] += len(emitted)
 
 
 # --- snapshots --------------------------------------------------------------------------------
