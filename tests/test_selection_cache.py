@@ -9,7 +9,6 @@ must be the same, to the last bit.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import numpy as np
@@ -20,6 +19,7 @@ from streams import delete_message, doc_message, event_message
 
 from stream_nudge.config import load_config
 from stream_nudge.engine import Engine
+from stream_nudge.engine.engine import restore, snapshot
 from stream_nudge.engine.scores import SelectionCache, _product
 from stream_nudge.messages import Record
 
@@ -100,9 +100,8 @@ def _drive(ops, overrides, test_reach: bool = True) -> int:
         batch = []
         if test_reach and engine.selection_cache is not None:
             engine.selection_cache.all_columns = np.inf
-        fresh = copy.deepcopy(engine)
-        if fresh.selection_cache is not None:
-            fresh.selection_cache.clear()
+        # A restored engine holds the same state and no caches: it selects from scratch.
+        fresh = restore(engine.config, *snapshot(engine))
         got, expected = engine.reselect(), fresh.reselect()
         assert [_without_time(r) for r in got.selections] == [
             _without_time(r) for r in expected.selections
