@@ -3,6 +3,10 @@
 Set ``STREAM_NUDGE_KAFKA_BOOTSTRAP=host:port`` to run the Kafka tests against a broker you started
 yourself; otherwise ``deploy/kafka/kafka.sh`` starts one on free loopback ports and stops it at the end.
 With ``CI`` set, a Kafka test that would skip fails instead.
+
+The tests on real retrieval data read the folder ``STREAM_NUDGE_DATA`` names (by default
+``../shared/data`` beside the checkout; see the README). Without it they are skipped with that
+reason; with ``STREAM_NUDGE_REQUIRE_DATA`` set (as ``.ci/run`` does) such a skip fails instead.
 """
 
 from __future__ import annotations
@@ -20,11 +24,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_SCRIPT = REPO / "deploy" / "kafka" / "kafka.sh"
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The one setting for the real data sets: a folder holding scifact-minilm/, cranfield-minilm/.
+SHARED_DATA = Path(os.environ.get("STREAM_NUDGE_DATA") or REPO.parent / "shared" / "data")
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() not in ("", "0", "false", "no")
 
 
 def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+    return _flag("CI")
 
 
 def _free_port() -> int:
@@ -37,10 +46,17 @@ def _free_port() -> int:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()
-    if report.skipped and _in_ci() and item.get_closest_marker("kafka") is not None:
+    if not report.skipped:
+        return
+    if _in_ci() and item.get_closest_marker("kafka") is not None:
         # In CI the Kafka tests are the point: a skip there would hide a broken broker set-up.
         report.outcome = "failed"
         report.longrepr = f"Kafka test skipped in CI, which is not allowed: {report.longrepr}"
+    elif _flag("STREAM_NUDGE_REQUIRE_DATA") and "shared_data" in getattr(item, "fixturenames", ()):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"test on the shared data skipped with STREAM_NUDGE_REQUIRE_DATA set: {report.longrepr}"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -115,9 +131,16 @@ def make_topic(kafka_admin) -> Iterator[Callable[..., str]]:
             kafka_admin.delete_topics(created)
 
 
+DATA_SETS = ("scifact-minilm", "cranfield-minilm")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data`` beside the checkout (read by path, never copied)."""
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"the shared data sets are missing: {SHARED_DATA}")
+    """The real data sets' folder (``STREAM_NUDGE_DATA``; read by path, never copied)."""
+    missing = [n for n in DATA_SETS if not (SHARED_DATA / n / "embeddings.npz").is_file()]
+    if missing:
+        pytest.skip(
+            f"the shared data sets are not at {SHARED_DATA} (missing: {', '.join(missing)}); "
+            "set STREAM_NUDGE_DATA to the folder that holds them"
+        )
     return SHARED_DATA

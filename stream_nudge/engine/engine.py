@@ -156,10 +156,12 @@ class SelectionReport:
 
     gamma: float  # in force after this selection
     candidate: float  # the best gamma found
-    changed: bool
+    changed: bool  # whether gamma changed
     value_before: float  # objective at gamma 0 (no fine-tuning)
     value_current: float  # objective at the gamma in force before
     value_after: float  # objective at the gamma in force after
+    low: float  # the best region the candidate is the middle of
+    high: float
     queries: int
     nudged: int
     seconds: float
@@ -476,8 +478,14 @@ class Engine:
         choice, before, current, n_nudged = self.selection_cache.select(
             docs, window, slots, ptr, rows, others, self.gamma
         )
-        changed = choice.value - current > self.config.min_improvement
-        if changed and choice.gamma != self.gamma:
+        # Without hysteresis every selection takes the best region's middle, exactly what
+        # fine_tune chooses on the same data, whatever was chosen before: a gamma picked on a
+        # partial window must not survive a later pick that only ties it. With it, the gamma in
+        # force stays unless the best beats it by more than min_improvement.
+        hysteresis = self.config.min_improvement
+        adopted = hysteresis <= 0 or choice.value - current > hysteresis
+        changed = adopted and choice.gamma != self.gamma
+        if changed:
             self.gamma = choice.gamma
             self._gamma_changed = True
         report = SelectionReport(
@@ -486,7 +494,9 @@ class Engine:
             changed=changed,
             value_before=before,
             value_current=current,
-            value_after=choice.value if changed else current,
+            value_after=choice.value if adopted else current,
+            low=choice.low,
+            high=choice.high,
             queries=len(slots),
             nudged=n_nudged,
             seconds=time.perf_counter() - started,

@@ -26,9 +26,13 @@ one of the query's answers where it matters:
   before the ``k``-th fall, changes nothing.
 
 Both tests are conservative (margins well above float32 rounding of the quantities compared):
-they may recompute a query needlessly, never keep one that changed. Everything a query's curve
-is computed from is the same numbers either way, and the curves are added up in an order fixed
-by their values, so a selection from the cache equals one computed from scratch.
+they may recompute a query needlessly, never keep one that changed. A selection from the cache
+therefore equals one computed from scratch up to the rounding of the score products: BLAS
+promises no bit-equality between a product's rows and the same rows of a bigger product (its
+kernels, blocking and thread count follow the shape), so a score may differ by a unit or two in
+its last place, which moves each end of the best region by that rounding over the slope between
+the two curves crossing there. The objective's value, and which region is best, do not depend on
+it: score differences within rounding count as ties (see :mod:`stream_nudge.core.selection`).
 
 Memory: ``window capacity x (nudged documents, grown by 1/4)`` float32 per table, two tables for
 NUDGE-M and three for NUDGE-N (2,000 x 20,000: 160 MB each), plus the curves (a few numbers per
@@ -56,13 +60,6 @@ __all__ = ["SelectionCache"]
 # documents under NUDGE-N (three tables), or ~60,000 under NUDGE-M (two).
 DEFAULT_LIMIT_BYTES = 1 << 30
 
-# BLAS computes a product with one or a few rows or columns by other kernels than a big one, and
-# the last bit of a score can then differ with the shape. Padding every product's operands to
-# at least this many rows keeps each score the same whether it is computed in a few new rows,
-# a few new columns, or the whole table (checked for OpenBLAS' sgemm kernels; the selection is
-# exact either way, only equal to the last bit or to a few units in the last place).
-_MIN_ROWS = 16
-
 # The reach tests' margin: far above float32 rounding of a score difference (a few 1e-7), far
 # below the gaps that decide a crossing's place.
 _MARGIN = 1e-5
@@ -73,16 +70,6 @@ _ALL_COLUMNS = 0.25
 
 # Tables grow by this factor past the columns needed.
 _GROWTH = 1.25
-
-
-def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b.T`` in float32, with both operands padded to ``_MIN_ROWS`` rows (see there)."""
-    na, nb = len(a), len(b)
-    if na < _MIN_ROWS:
-        a = np.concatenate([a, np.zeros((_MIN_ROWS - na, a.shape[1]), a.dtype)])
-    if nb < _MIN_ROWS:
-        b = np.concatenate([b, np.zeros((_MIN_ROWS - nb, b.shape[1]), b.dtype)])
-    return (a @ b.T)[:na, :nb]
 
 
 def _curve_bounds(a, b, phi, flat, upper: float):
@@ -249,17 +236,17 @@ class SelectionCache:
         if len(fresh) and len(kept):
             v = unit[kept]
             for t, x in zip(self.tables, columns(fresh), strict=True):
-                t[np.ix_(kept, fresh)] = _product(v, x)
+                t[np.ix_(kept, fresh)] = v @ x.T
         new_rows = slots[~present[slots]]
         if len(new_rows):
             v = unit[new_rows]
-            run = len(new_rows) >= _MIN_ROWS and n >= _MIN_ROWS and _is_run(new_rows)
+            run = _is_run(new_rows)
             for t, x in zip(self.tables, columns(np.arange(n)), strict=True):
                 if run:
                     # Straight into the table (a full refresh): no second 160 MB to write.
                     np.matmul(v, x.T, out=t[new_rows[0] : new_rows[-1] + 1, :n])
                 else:
-                    t[new_rows, :n] = _product(v, x)
+                    t[new_rows, :n] = v @ x.T
             self.row_epoch[new_rows] = window.epoch[new_rows]
 
         # Each query's inputs: its answers, their scores, its best untouched scores.
