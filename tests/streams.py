@@ -53,8 +53,9 @@ def event_message(
     return orjson.dumps(body, option=NUMPY)
 
 
-def dataset_messages(shared_data, name: str, b64: bool = False):
-    """A shared data set as (doc messages, event messages, arrays) with explicit splits."""
+def dataset_messages(shared_data, name: str, b64: bool = False, per_pair: bool = False):
+    """A shared data set as (doc messages, event messages, arrays) with explicit splits: one event
+    per query with all its answers, or with ``per_pair`` one per (query, answer)."""
     z = np.load(shared_data / name / "embeddings.npz")
     docs, queries, qrels, split = z["doc_emb"], z["query_emb"], z["qrels"], z["split"]
     answers = [set() for _ in range(len(queries))]
@@ -65,13 +66,13 @@ def dataset_messages(shared_data, name: str, b64: bool = False):
     event_msgs = []
     for label, code in (("train", 0), ("validation", 1)):
         for i in np.flatnonzero(split == code):
-            event_msgs.append(
-                event_message(f"q{i}", queries[i], [f"d{d}" for d in answers[i]], label, b64=b64)
-            )
+            doc_ids = [f"d{d}" for d in answers[i]]
+            for group in [[d] for d in doc_ids] if per_pair else [doc_ids]:
+                event_msgs.append(event_message(f"q{i}", queries[i], group, label, b64=b64))
     return doc_msgs, event_msgs, (docs, queries, answers, split)
 
 
-def fine_tune_on(docs, queries, answers, train, val, method):
+def fine_tune_on(docs, queries, answers, train, val, method, objective="hit@1"):
     """Batch fine_tune with the given training and validation query rows."""
     from stream_nudge import fine_tune
 
@@ -82,6 +83,7 @@ def fine_tune_on(docs, queries, answers, train, val, method):
         queries[val],
         [answers[i] for i in val],
         method=method,
+        objective=objective,
     )
 
 
