@@ -8,9 +8,8 @@ import sys
 import numpy as np
 import orjson
 import pytest
-from streams import dataset_messages, fine_tune_on, records, run_engine, write_jsonl
-
 from rounding import VALUE_TOLERANCE, assert_same_region
+from streams import dataset_messages, fine_tune_on, records, run_engine, write_jsonl
 
 # Every selection is exact and, without hysteresis, history-free: the last one, on all the data,
 # is fine_tune's whatever selections came before it.
@@ -61,7 +60,9 @@ def test_replay_equals_fine_tune(shared_data, name, method, objective, every, b6
     # data a random one-unit change of every score moved gamma by at most 4e-6 (2e-5 relative).
     last = engine.last_selection
     chosen = batch.selection
-    assert_same_region((last.candidate, last.low, last.high), (chosen.gamma, chosen.low, chosen.high))
+    assert_same_region(
+        (last.candidate, last.low, last.high), (chosen.gamma, chosen.low, chosen.high)
+    )
     assert engine.gamma == pytest.approx(batch.gamma, rel=1e-4)
     assert last.value_before == pytest.approx(batch.validation.before, abs=VALUE_TOLERANCE)
     assert last.value_after == pytest.approx(batch.validation.after, abs=VALUE_TOLERANCE)

@@ -86,7 +86,12 @@ def assert_same_reports(got, expected) -> None:
     """Selection reports equal up to rounding (see the module docstring)."""
     assert len(got) == len(expected)
     for a, b in zip(got, expected, strict=True):
-        assert (a.queries, a.nudged, a.events, a.changed) == (b.queries, b.nudged, b.events, b.changed)
+        assert (a.queries, a.nudged, a.events, a.changed) == (
+            b.queries,
+            b.nudged,
+            b.events,
+            b.changed,
+        )
         for name in ("value_before", "value_current", "value_after"):
             assert getattr(a, name) == pytest.approx(getattr(b, name), abs=VALUE_TOLERANCE), name
         assert_same_region((a.candidate, a.low, a.high), (b.candidate, b.low, b.high))
