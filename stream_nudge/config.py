@@ -80,6 +80,13 @@ class PendingConfig:
 
 
 @dataclass(frozen=True)
+class DedupeConfig:
+    #: A (query_id, doc_id) pair counts once: a re-delivered event changes nothing. At least the
+    #: latest half of this many distinct pairs are remembered (about 64 bytes each); 0: off.
+    max_pairs: int = 1_000_000
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     #: A message longer than this is a dead letter ("oversize").
     max_message_bytes: int = 1 << 20
@@ -183,6 +190,7 @@ class Config:
     decay: DecayConfig = field(default_factory=DecayConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     pending: PendingConfig = field(default_factory=PendingConfig)
+    dedupe: DedupeConfig = field(default_factory=DedupeConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
@@ -243,6 +251,8 @@ def _check(c: Config) -> None:
         fail("publish.encoding", f"{c.publish.encoding!r} is not one of 'json', 'base64'")
     if c.pending.max_events < 0:
         fail("pending.max_events", "must be >= 0")
+    if c.dedupe.max_pairs < 0 or c.dedupe.max_pairs == 1:
+        fail("dedupe.max_pairs", "must be 0 (off) or >= 2")
     for name in ("max_message_bytes", "max_dimension", "max_doc_ids"):
         if getattr(c.limits, name) < 1:
             fail(f"limits.{name}", "must be >= 1")

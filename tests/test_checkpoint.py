@@ -29,6 +29,10 @@ def stream():
         Record("docs", delete_message("d3")),
         Record("docs", doc_message("d4", np.arange(8.0))),
         Record("events", b"nope"),
+        # Re-deliveries of early events (a training and a waiting click): the pairs applied
+        # before a checkpoint must still count once after it.
+        Record("events", events[2]),
+        Record("events", event_message("late", np.ones(8), "d25", "train")),
     ]
     return recs
 
@@ -47,7 +51,7 @@ def messages(outputs):
 # Checkpoints fall between batches; splits are batch boundaries (batches of 5). With decay the
 # sums' stamps, the window's arrival times and the pending clicks' times must survive too.
 @pytest.mark.parametrize("decay", [False, True], ids=["plain", "decay"])
-@pytest.mark.parametrize("split", [0, 5, 15, 40, 65, 80, 95])
+@pytest.mark.parametrize("split", [0, 5, 15, 40, 65, 80, 95, 100])
 def test_restore_continues_exactly_where_the_snapshot_was_taken(tmp_path, split, decay):
     extra = {"decay": {"half_life_events": 9.0, "half_life_seconds": 20.0}} if decay else {}
     config = load_config(overrides={**OVERRIDES, **extra})
@@ -68,6 +72,7 @@ def test_restore_continues_exactly_where_the_snapshot_was_taken(tmp_path, split,
     assert messages(head) + messages(tail) == messages(full)
     assert second.gamma == straight.gamma and second.generation == straight.generation
     assert second.dead_letters == straight.dead_letters
+    assert second.counts == straight.counts and straight.counts["duplicate_pairs"] == 2
     ids_a, emb_a = straight.adjusted()
     ids_b, emb_b = second.adjusted()
     assert ids_a == ids_b and np.array_equal(emb_a, emb_b)

@@ -21,6 +21,7 @@ from stream_nudge.config import Config
 from stream_nudge.core.geometry import nudge_m, nudge_n, unit_rows
 from stream_nudge.core.objectives import parse_objective
 from stream_nudge.engine.scores import SelectionCache
+from stream_nudge.engine.seen import SeenPairs
 from stream_nudge.engine.state import Decay, DocumentTable
 from stream_nudge.engine.window import ValidationWindow
 from stream_nudge.messages import (
@@ -187,6 +188,8 @@ class Engine:
             Decay(c.decay.half_life_events, c.decay.half_life_seconds) if c.decay.enabled else None
         )
         self.pending_count = 0
+        # (query id, document id) pairs applied: a re-delivered event changes nothing.
+        self.seen = SeenPairs(c.dedupe.max_pairs) if c.dedupe.max_pairs else None
         self.gamma = 0.0
         self.generation = 0
         self.events = 0
@@ -343,13 +346,23 @@ class Engine:
             clicks.picks.append,
         )
         click_when = clicks.whens.append
-        events, since, train = self.events, self.events_since_selection, 0
+        fresh = self.seen.fresh if self.seen is not None else None
+        events, since, train, duplicates = self.events, self.events_since_selection, 0, 0
         try:
             while at < len(items):
                 event = items[at]
                 if event.__class__ is not tuple:
                     break
                 query_id, doc_ids, weight, split, ts = event
+                if fresh is not None:
+                    new_ids = fresh(query_id, doc_ids)
+                    if len(new_ids) < len(doc_ids):
+                        duplicates += len(doc_ids) - len(new_ids)
+                        if not new_ids:
+                            # A re-delivery: not an event at all (no count, no clock, no selection).
+                            at += 1
+                            continue
+                        doc_ids = new_ids
                 events += 1
                 since += 1
                 if ts is None:
@@ -400,6 +413,8 @@ class Engine:
         finally:
             self.events, self.events_since_selection = events, since
             self.counts["train_events"] += train
+            if duplicates:
+                self.counts["duplicate_pairs"] += duplicates
         return at
 
     def _validation_event(
@@ -695,6 +710,8 @@ def snapshot(engine: Engine) -> tuple[dict[str, np.ndarray], dict]:
             "answers": window.answers,
             "order": list(window.order),
         }
+    if engine.seen is not None:
+        arrays.update(engine.seen.to_state())
     pending_ids, pending_vectors, pending_weights, pending_times = [], [], [], []
     for doc_id, waiting in engine.pending.items():
         for vector, weight, when in waiting:
@@ -778,6 +795,8 @@ def restore(config: Config, arrays: dict[str, np.ndarray], meta: dict) -> Engine
                 for doc_id in answers:
                     window.answer_slots.setdefault(doc_id, set()).add(slot)
         window._unit_stale = list(window.slot_of.values())
+    if engine.seen is not None:
+        engine.seen = SeenPairs.from_state(engine.seen.capacity, arrays)
     vectors = arrays.get("pending_vectors")
     times = arrays.get("pending_times")
     for i, doc_id in enumerate(meta["pending_ids"]):
