@@ -1,8 +1,9 @@
 """Regenerate docs/results.md and its plots: `stream-nudge evaluate` on every shared data set.
 
-    .venv/bin/python docs/make_results.py          # from the repository root; ../shared beside it
+    .venv/bin/python docs/make_results.py          # from the repository root
 
-For each folder of ../shared/data it exports the logs (examples/shared_to_jsonl.py), runs
+The data sets are read from STREAM_NUDGE_DATA (default: ../shared/data beside the checkout, the
+same setting the tests use). For each of its folders it exports the logs (examples/shared_to_jsonl.py), runs
 `stream-nudge evaluate` with the default configuration into docs/results/<name>/, and compares the
 batch figures with the reference's ``reference.json``; then it runs the drift scenario
 (`stream-nudge evaluate --scenario shift`). The notes under each table were written after reading
@@ -12,6 +13,7 @@ these figures; rerun and reread them if the code changes.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -19,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO.parent / "shared" / "data"
+DATA = Path(os.environ.get("STREAM_NUDGE_DATA") or REPO.parent / "shared" / "data")
 OUT = REPO / "docs" / "results"
 
 # Half-life for the decay comparison on the real data sets: about a quarter of each stream, short

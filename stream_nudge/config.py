@@ -82,7 +82,7 @@ class PendingConfig:
 @dataclass(frozen=True)
 class DedupeConfig:
     #: A (query_id, doc_id) pair counts once: a re-delivered event changes nothing. At least the
-    #: latest half of this many distinct pairs are remembered (about 64 bytes each); 0: off.
+    #: latest half of this many distinct pairs are remembered (about 75 bytes each); 0: off.
     max_pairs: int = 1_000_000
 
 

@@ -4,6 +4,10 @@ Set ``STREAM_NUDGE_KAFKA_BOOTSTRAP=host:port`` to run the Kafka tests against a 
 yourself; otherwise ``deploy/kafka/kafka.sh`` starts one on free loopback ports and stops it at the end.
 With ``CI`` set, a Kafka test that would skip fails instead.
 
+With ``STREAM_NUDGE_TEST_BLOCKS=small`` (a step of ``.ci/run``) the products of the corpus pass,
+the window refresh and the selection are cut into much smaller blocks, and replays in tests read
+smaller batches: results that hung on how BLAS blocked a product would show there.
+
 The tests on real retrieval data read the folder ``STREAM_NUDGE_DATA`` names (by default
 ``../shared/data`` beside the checkout; see the README). Without it they are skipped with that
 reason; with ``STREAM_NUDGE_REQUIRE_DATA`` set (as ``.ci/run`` does) such a skip fails instead.
@@ -34,6 +38,18 @@ def _flag(name: str) -> bool:
 
 def _in_ci() -> bool:
     return _flag("CI")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("STREAM_NUDGE_TEST_BLOCKS") == "small":
+        from stream_nudge.core import finetune, selection
+        from stream_nudge.engine import window
+
+        # Blocks of a few hundred cells instead of millions: other product shapes, other kernels.
+        finetune._PASS_CELLS = window._PASS_CELLS = 1 << 9
+        window._FIRST_BLOCK = 7
+        selection._BLOCK_ELEMENTS = 1 << 10
+        selection._QUERY_BLOCK = 3
 
 
 def _free_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +95,10 @@ def records(doc_msgs, event_msgs) -> list[Record]:
 
 
 def run_engine(recs, overrides=None, batch_size=1000):
-    """Run records through a fresh engine; returns (engine, sink)."""
+    """Run records through a fresh engine; returns (engine, sink). With
+    ``STREAM_NUDGE_TEST_BLOCKS=small`` (see conftest) the batches are smaller than asked."""
+    if os.environ.get("STREAM_NUDGE_TEST_BLOCKS") == "small":
+        batch_size = batch_size // 7 + 1
     engine = Engine(load_config(overrides=overrides or {}))
     sink = MemorySink()
     pump(engine, MemorySource(recs), sink, batch_size)

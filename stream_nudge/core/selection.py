@@ -75,6 +75,20 @@ _QUERY_BLOCK = 32
 # exists only in the last bits, and no float32 embedding could ever land in it.
 _MERGE = 1e-12
 
+# The sweep takes change points of different queries this close (absolute below 1, relative above)
+# as one point. Scores are float32, and BLAS may round a score differently with the product's
+# shape, thread count or CPU; a crossing then moves by that rounding over the slope between the
+# curves crossing there. Two points that coincide in exact arithmetic (ties broken at the rounding
+# tolerance, lattice data, duplicate documents) would otherwise leave a sliver of a region between
+# them whose sign, and whether it is the best region, depends on the last bit of a product. The
+# worst such jitter comes from ties at the start: a tie at step 0 is broken where the gap between
+# the two curves passes the rounding tolerance (2e-6), at a step of tolerance over slope, and
+# rounding of the tie itself moves that point by a tenth or so of it; 1e-5 covers slopes down to
+# about 0.2 (measured: 1e-6 still let permuted lattice problems choose different slivers, 1e-5
+# did not in 10,000). A region this narrow is no choice to lose: a step of 1e-5 moves a unit
+# embedding by 1e-5, the size of float32 noise in the scores that would choose it.
+_SAME_POINT = 1e-5
+
 
 @dataclass(frozen=True)
 class ValidationScores:
@@ -799,7 +813,7 @@ def best_region(base: np.ndarray, t: np.ndarray, change: np.ndarray, upper: floa
         return 0.0, 0.0, 0.0
     order = np.lexsort((change, t))
     t, change = t[order], change[order]
-    first = np.flatnonzero(np.r_[True, np.diff(t) > _MERGE * np.maximum(1.0, np.abs(t[1:]))])
+    first = np.flatnonzero(np.r_[True, np.diff(t) > _SAME_POINT * np.maximum(1.0, np.abs(t[1:]))])
     first = first[first < len(t)]
     times = t[first]
     steps = np.add.reduceat(change, first) if len(t) else np.zeros(0)

@@ -356,7 +356,7 @@ class Engine:
                 query_id, doc_ids, weight, split, ts = event
                 if fresh is not None:
                     new_ids = fresh(query_id, doc_ids)
-                    if len(new_ids) < len(doc_ids):
+                    if new_ids is not doc_ids:
                         duplicates += len(doc_ids) - len(new_ids)
                         if not new_ids:
                             # A re-delivery: not an event at all (no count, no clock, no selection).
