@@ -91,7 +91,9 @@ def pump(
 class _Progress:
     """A one-line progress bar on a terminal: events/s and the time left, by bytes read."""
 
-    def __init__(self, engine: Engine, source: JsonlSource, stream=sys.stderr):
+    def __init__(self, engine: Engine, source: JsonlSource, stream=None):
+        # sys.stderr as it is now, not as it was at import (a test or a caller may replace it).
+        stream = stream if stream is not None else sys.stderr
         self.engine, self.source, self.stream = engine, source, stream
         self.enabled = stream.isatty()
         self.started = time.monotonic()

@@ -14,6 +14,7 @@ from stream_nudge import __version__
 # Exit codes: 0 done, 1 the job failed, 2 a usage or configuration error (argparse's convention).
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 CONFIG_ENV = "STREAM_NUDGE_CONFIG"
 
@@ -132,6 +133,16 @@ def _load(path):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        return _main(parser, args)
+    except KeyboardInterrupt:
+        # Ctrl-C: one line, not a traceback; 130 is the shell's code for SIGINT.
+        note = " (its output is incomplete)" if args.command in ("replay", "evaluate") else ""
+        print(f"\nstream-nudge {args.command}: interrupted{note}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -167,6 +178,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if _missing_file("replay", args, ("docs", "events")):
         return EXIT_USAGE
+    dead_letter = args.dead_letter or args.out + ".dead-letters.jsonl"
+    if _clobbers(
+        "replay",
+        {"--out": args.out, "--dead-letter": dead_letter},
+        {"--docs": args.docs, "--events": args.events},
+    ):
+        return EXIT_USAGE
     try:
         summary = replay(
             config,
@@ -182,6 +200,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in summary.lines():
         print(line)
     return 0
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file: the same inode where both exist (hard links too), else
+    the same path once symbolic links are resolved."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _clobbers(command: str, outputs: dict[str, str], inputs: dict[str, str]) -> bool:
+    """Say so (and return True) if an output would overwrite an input or another output: opening
+    it for writing would empty the file before a line of it was read."""
+    seen = dict(inputs)
+    for flag, path in outputs.items():
+        for other, other_path in seen.items():
+            if _same_file(path, other_path):
+                print(
+                    f"stream-nudge {command}: {flag} {path} is the same file as {other} "
+                    f"{other_path}; writing it would destroy it",
+                    file=sys.stderr,
+                )
+                return True
+        seen[flag] = path
+    return False
 
 
 def _missing_file(command: str, args, names) -> bool:
@@ -205,6 +249,19 @@ def _evaluate(args, config) -> int:
         print(
             "stream-nudge evaluate: --half-life-events must be a positive number", file=sys.stderr
         )
+        return EXIT_USAGE
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        print(
+            f"stream-nudge evaluate: --out {args.out} exists and is not a directory",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    written = {
+        f"--out {name}": os.path.join(args.out, name)
+        for name in ("results.json", "results.md", "learning-curve.png")
+    }
+    inputs = {f"--{n}": getattr(args, n) for n in ("docs", "events", "test") if getattr(args, n)}
+    if _clobbers("evaluate", written, inputs):
         return EXIT_USAGE
     given = [f"--{n}" for n in ("docs", "events", "test") if getattr(args, n) is not None]
     if args.scenario is not None and given:

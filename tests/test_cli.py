@@ -44,3 +44,103 @@ def test_no_subcommand_is_a_usage_error(capsys):
 def test_a_missing_input_file_is_a_usage_error_naming_the_option(args, capsys, tmp_path):
     assert main([a if a != "o" else str(tmp_path / "o") for a in args]) == 2
     assert "--docs: no such file: nowhere.jsonl" in capsys.readouterr().err
+
+
+def _logs(tmp_path):
+    from streams import doc_message, event_message, write_jsonl
+
+    docs = write_jsonl(tmp_path / "docs.jsonl", [doc_message(f"d{i}", [1.0, i]) for i in range(3)])
+    events = write_jsonl(tmp_path / "events.jsonl", [event_message("q", [1.0, 2.0], "d1", "train")])
+    return docs, events
+
+
+@pytest.mark.parametrize("target", ["docs", "events", "docs-link", "events-hardlink"])
+@pytest.mark.parametrize("flag", ["--out", "--dead-letter"])
+def test_replay_refuses_to_write_over_an_input_before_opening_anything(
+    tmp_path, capsys, flag, target
+):
+    import os
+
+    docs, events = _logs(tmp_path)
+    before = {p: p.read_bytes() for p in (docs, events)}
+    path = {"docs": docs, "events": events}[target.split("-")[0]]
+    if target.endswith("-link"):
+        (tmp_path / "link.jsonl").symlink_to(path)
+        path = tmp_path / "link.jsonl"
+    elif target.endswith("-hardlink"):
+        os.link(path, tmp_path / "hard.jsonl")
+        path = tmp_path / "hard.jsonl"
+    args = ["replay", "--docs", str(docs), "--events", str(events), "--out", str(tmp_path / "u")]
+    args += [flag, str(path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} {path} is the same file as --{target.split('-')[0]}" in err
+    assert {p: p.read_bytes() for p in (docs, events)} == before  # untouched
+    assert not (tmp_path / "u").exists()
+
+
+def test_replay_refuses_one_file_for_updates_and_dead_letters(tmp_path, capsys):
+    docs, events = _logs(tmp_path)
+    out = str(tmp_path / "u.jsonl")
+    args = ["replay", "--docs", str(docs), "--events", str(events), "--out", out]
+    assert main([*args, "--dead-letter", out]) == 2
+    assert "--dead-letter" in capsys.readouterr().err
+    assert main(args) == 0  # the default dead-letter file is beside --out
+
+
+def test_evaluate_refuses_an_out_that_is_a_file_before_any_work(tmp_path, capsys):
+    docs, events = _logs(tmp_path)
+    out = tmp_path / "report"
+    out.write_text("mine")
+    args = ["evaluate", "--docs", str(docs), "--events", str(events), "--test", str(events)]
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"stream-nudge evaluate: --out {out} exists and is not a directory"
+    assert out.read_text() == "mine"
+    # An input inside --out under a name evaluate writes is refused too.
+    out.unlink()
+    out.mkdir()
+    (out / "results.json").write_bytes(events.read_bytes())
+    assert main([*args[:-1], str(out / "results.json"), "--out", str(out)]) == 2
+    assert "--out results.json" in capsys.readouterr().err
+
+
+def test_ctrl_c_during_replay_is_one_line_and_exit_130(tmp_path):
+    import signal
+    import time
+
+    from streams import write_jsonl
+
+    # Enough documents that the replay is still reading when the signal comes (one vector, many ids).
+    vector = b",".join(b"%.6f" % (0.01 * (i + 1)) for i in range(64))
+    line = b'{"op":"upsert","id":"d%d","embedding":[' + vector + b"]}\n"
+    docs = tmp_path / "docs.jsonl"
+    docs.write_bytes(b"".join(line % i for i in range(300_000)))
+    events = write_jsonl(tmp_path / "events.jsonl", [])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stream_nudge",
+            "replay",
+            "--docs",
+            str(docs),
+            "--events",
+            str(events),
+            "--out",
+            str(tmp_path / "u.jsonl"),
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out = tmp_path / "u.jsonl"
+    deadline = time.monotonic() + 30
+    while not out.exists() and time.monotonic() < deadline:  # the replay has started
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip() == "stream-nudge replay: interrupted (its output is incomplete)"
