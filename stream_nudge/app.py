@@ -27,9 +27,19 @@ class Summary:
     before: float | None
     after: float | None
     dead_letters: dict[str, int] = field(default_factory=dict)
+    valid: int = 0  # input records that were not dead letters
+    duplicates: int = 0  # re-delivered (query, document) pairs, ignored
     updates: int = 0
     selections: int = 0
     seconds: float = 0.0
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.dead_letters.values())
+
+    def rejected_fraction(self) -> float:
+        total = self.valid + self.rejected
+        return self.rejected / total if total else 0.0
 
     def lines(self) -> list[str]:
         score = (
@@ -46,6 +56,7 @@ class Summary:
             score,
             f"updates         {self.updates}",
             f"dead letters    {sum(self.dead_letters.values())} ({dead})",
+            *([f"re-delivered    {self.duplicates} pairs ignored"] if self.duplicates else []),
             f"wall time       {self.seconds:.2f} s",
         ]
 
@@ -62,6 +73,9 @@ def summarize(engine: Engine, seconds: float) -> Summary:
         before=last.value_before if last else None,
         after=last.value_after if last else None,
         dead_letters=dict(engine.dead_letters),
+        duplicates=engine.counts["duplicate_pairs"],
+        valid=sum(engine.counts[k] for k in ("upserts", "deletes", "duplicate_events"))
+        + engine.events,
         updates=engine.counts["updates"],
         selections=engine.counts["selections"],
         seconds=seconds,

@@ -199,6 +199,25 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     for line in summary.lines():
         print(line)
+    return _judge_input("replay", summary, config.replay.warn_rejected_fraction, dead_letter)
+
+
+def _judge_input(command: str, summary, warn_fraction: float, dead_letter: str) -> int:
+    """Exit 1 when no input line was valid; warn on stderr when most were rejected."""
+    if summary.rejected and not summary.valid:
+        print(
+            f"stream-nudge {command}: no valid input: all {summary.rejected} lines were rejected "
+            f"(see {dead_letter}); are --docs and --events swapped, or not JSONL?",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if summary.rejected_fraction() > warn_fraction:
+        print(
+            f"stream-nudge {command}: warning: {summary.rejected_fraction():.0%} of the input was "
+            f"rejected ({summary.rejected} of {summary.valid + summary.rejected} lines; reasons "
+            f"in {dead_letter})",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -105,6 +105,9 @@ class LimitsConfig:
 class ReplayConfig:
     #: Messages read per batch; publication happens after each batch.
     batch_size: int = 1000
+    #: Warn (on stderr) when more than this share of the input lines were dead letters. A replay
+    #: in which no line was valid fails whatever this says.
+    warn_rejected_fraction: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -249,6 +252,8 @@ def _check(c: Config) -> None:
         fail("publish.min_change", "must be >= 0")
     if c.publish.encoding not in ("json", "base64"):
         fail("publish.encoding", f"{c.publish.encoding!r} is not one of 'json', 'base64'")
+    if not 0.0 <= c.replay.warn_rejected_fraction <= 1.0:
+        fail("replay.warn_rejected_fraction", "must be between 0 and 1")
     if c.pending.max_events < 0:
         fail("pending.max_events", "must be >= 0")
     if c.dedupe.max_pairs < 0 or c.dedupe.max_pairs == 1:

@@ -144,3 +144,26 @@ def test_ctrl_c_during_replay_is_one_line_and_exit_130(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.strip() == "stream-nudge replay: interrupted (its output is incomplete)"
+
+
+def test_a_replay_that_rejects_every_line_fails_and_one_that_rejects_most_warns(tmp_path, capsys):
+    docs, events = _logs(tmp_path)
+    out = str(tmp_path / "u.jsonl")
+    # Swapped: every document line is an event and the other way round.
+    swapped = ["replay", "--docs", str(events), "--events", str(docs), "--out", out]
+    assert main(swapped) == 1
+    err = capsys.readouterr().err
+    assert "no valid input: all 4 lines were rejected" in err and "swapped" in err
+    # Mostly rejected: a warning, exit 0.
+    noisy = tmp_path / "noisy.jsonl"
+    noisy.write_bytes(events.read_bytes() + b"a,b,c\n" * 5)
+    assert main(["replay", "--docs", str(docs), "--events", str(noisy), "--out", out]) == 0
+    captured = capsys.readouterr()
+    assert "warning: 56% of the input was rejected (5 of 9 lines" in captured.err
+    assert "dead letters    5" in captured.out
+    # Re-deliveries are valid input, reported as such, and never dead letters.
+    twice = tmp_path / "twice.jsonl"
+    twice.write_bytes(events.read_bytes() * 3)
+    assert main(["replay", "--docs", str(docs), "--events", str(twice), "--out", out]) == 0
+    captured = capsys.readouterr()
+    assert "re-delivered    2 pairs ignored" in captured.out and captured.err == ""

@@ -347,7 +347,8 @@ class Engine:
         )
         click_when = clicks.whens.append
         fresh = self.seen.fresh if self.seen is not None else None
-        events, since, train, duplicates = self.events, self.events_since_selection, 0, 0
+        events, since, train = self.events, self.events_since_selection, 0
+        duplicates = redelivered = 0
         try:
             while at < len(items):
                 event = items[at]
@@ -360,6 +361,7 @@ class Engine:
                         duplicates += len(doc_ids) - len(new_ids)
                         if not new_ids:
                             # A re-delivery: not an event at all (no count, no clock, no selection).
+                            redelivered += 1
                             at += 1
                             continue
                         doc_ids = new_ids
@@ -415,6 +417,7 @@ class Engine:
             self.counts["train_events"] += train
             if duplicates:
                 self.counts["duplicate_pairs"] += duplicates
+                self.counts["duplicate_events"] += redelivered
         return at
 
     def _validation_event(
