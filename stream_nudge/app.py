@@ -29,6 +29,8 @@ class Summary:
     dead_letters: dict[str, int] = field(default_factory=dict)
     valid: int = 0  # input records that were not dead letters
     duplicates: int = 0  # re-delivered (query, document) pairs, ignored
+    pending: int = 0  # clicks still waiting for their document
+    pending_documents: int = 0  # ... for this many document ids
     updates: int = 0
     selections: int = 0
     seconds: float = 0.0
@@ -57,6 +59,15 @@ class Summary:
             f"updates         {self.updates}",
             f"dead letters    {sum(self.dead_letters.values())} ({dead})",
             *([f"re-delivered    {self.duplicates} pairs ignored"] if self.duplicates else []),
+            *(
+                [
+                    f"pending         {self.pending} clicks still wait for "
+                    f"{self.pending_documents} documents that never arrived "
+                    "(pending.dead_letter_at_end: true writes them to the dead letters)"
+                ]
+                if self.pending
+                else []
+            ),
             f"wall time       {self.seconds:.2f} s",
         ]
 
@@ -74,6 +85,8 @@ def summarize(engine: Engine, seconds: float) -> Summary:
         after=last.value_after if last else None,
         dead_letters=dict(engine.dead_letters),
         duplicates=engine.counts["duplicate_pairs"],
+        pending=engine.pending_count,
+        pending_documents=engine.pending.documents,
         valid=sum(engine.counts[k] for k in ("upserts", "deletes", "duplicate_events"))
         + engine.events,
         updates=engine.counts["updates"],
@@ -153,6 +166,8 @@ def replay(
     try:
         pump(engine, source, sink, config.replay.batch_size, bar)
         sink.write(engine.finish())
+        if config.pending.dead_letter_at_end:
+            sink.write(engine.drain_pending())
     finally:
         if bar is not None:
             bar.close()

@@ -77,6 +77,14 @@ class PublishConfig:
 class PendingConfig:
     #: Events for documents not seen yet wait here; beyond this many, they go to dead letters.
     max_events: int = 100_000
+    #: A waiting click expires (a dead letter, "pending_expired") after this many events (null:
+    #: never) ...
+    max_age_events: float | None = None
+    #: ... or this many seconds of event time (null: never).
+    max_age_seconds: float | None = None
+    #: At the end of a replay, clicks still waiting become dead letters ("pending_at_end")
+    #: instead of being only counted in the summary.
+    dead_letter_at_end: bool = False
 
 
 @dataclass(frozen=True)
@@ -256,6 +264,10 @@ def _check(c: Config) -> None:
         fail("replay.warn_rejected_fraction", "must be between 0 and 1")
     if c.pending.max_events < 0:
         fail("pending.max_events", "must be >= 0")
+    for key in ("max_age_events", "max_age_seconds"):
+        age = getattr(c.pending, key)
+        if age is not None and not (age > 0 and math.isfinite(age)):
+            fail(f"pending.{key}", "must be a positive number or null")
     if c.dedupe.max_pairs < 0 or c.dedupe.max_pairs == 1:
         fail("dedupe.max_pairs", "must be 0 (off) or >= 2")
     for name in ("max_message_bytes", "max_dimension", "max_doc_ids"):

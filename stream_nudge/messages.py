@@ -53,6 +53,8 @@ REASONS = (
     "bad_weight",  # a weight that is not a finite number within limits
     "bad_split",  # a split other than train / validation
     "pending_overflow",  # an event for an unseen document when the pending store is full
+    "pending_expired",  # a click whose document did not arrive within pending.max_age_*
+    "pending_at_end",  # a click still waiting for its document when a replay ended
 )
 
 # The batch path converts vectors this many at a time: enough to spread the cost of a call, few
@@ -617,6 +619,15 @@ def is_validation(query_id: str, fraction: float) -> bool:
 def query_hash(query_id: str) -> int:
     """The stable 64-bit hash :func:`is_validation` compares with ``fraction * 2**64``."""
     return int.from_bytes(hashlib.blake2b(query_id.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def encode_event(
+    query_id: str, vector: np.ndarray, doc_id: str, weight: float, split: str
+) -> bytes:
+    """A relevance event in the contract's form (a waiting click given back as a dead letter)."""
+    body = {"query_id": query_id, "query_embedding": np.asarray(vector, np.float32)}
+    body.update(doc_id=doc_id, weight=weight, split=split)
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _vector_field(vector: np.ndarray, encoding: str) -> tuple[str, Any]:

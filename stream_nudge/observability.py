@@ -46,6 +46,9 @@ class Metrics:
             "stream_nudge_nudged_documents", "Documents with a non-zero query sum", registry=r
         )
         self.documents = Gauge("stream_nudge_documents", "Live documents", registry=r)
+        self.pending = Gauge(
+            "stream_nudge_pending_clicks", "Clicks waiting for their document", registry=r
+        )
         self.checkpoint_age = Gauge(
             "stream_nudge_checkpoint_age_seconds", "Seconds since the last checkpoint", registry=r
         )

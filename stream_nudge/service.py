@@ -195,6 +195,7 @@ class Service:
     def _observe(self) -> None:
         e = self.engine
         self.metrics.gamma.set(e.gamma)
+        self.metrics.pending.set(e.pending_count)
         if e.docs is not None:
             self.metrics.documents.set(len(e.docs))
         if self.source is not None:

@@ -20,6 +20,7 @@ import numpy as np
 from stream_nudge.config import Config
 from stream_nudge.core.geometry import nudge_m, nudge_n, unit_rows
 from stream_nudge.core.objectives import parse_objective
+from stream_nudge.engine.pending import PendingClicks, Waiting
 from stream_nudge.engine.scores import SelectionCache
 from stream_nudge.engine.seen import SeenPairs
 from stream_nudge.engine.state import Decay, DocumentTable
@@ -31,6 +32,7 @@ from stream_nudge.messages import (
     DocUpsert,
     Record,
     Updates,
+    encode_event,
     encode_tombstone,
     query_hash,
 )
@@ -182,12 +184,13 @@ class Engine:
         # Score tables and per-query curves kept between selections (not checkpointed: a restored
         # engine computes its first selection from scratch).
         self.selection_cache: SelectionCache | None = None
-        # Clicks waiting for their document: (vector, weight, (event count, seconds)).
-        self.pending: dict[str, list[tuple[np.ndarray, float, tuple[float, float]]]] = {}
+        # Clicks waiting for their document.
+        self.pending = PendingClicks(
+            c.pending.max_events, c.pending.max_age_events, c.pending.max_age_seconds
+        )
         self._decay = (
             Decay(c.decay.half_life_events, c.decay.half_life_seconds) if c.decay.enabled else None
         )
-        self.pending_count = 0
         # (query id, document id) pairs applied: a re-delivered event changes nothing.
         self.seen = SeenPairs(c.dedupe.max_pairs) if c.dedupe.max_pairs else None
         self.gamma = 0.0
@@ -248,7 +251,21 @@ class Engine:
             self._flush()
         finally:
             self._clicks.end_batch()
+        self._expire(out)
         self._publish(out)
+        return out
+
+    @property
+    def pending_count(self) -> int:
+        """Clicks waiting for their document."""
+        return len(self.pending)
+
+    def drain_pending(self) -> Output:
+        """End of a replay: the clicks still waiting for their document, as dead letters
+        ("pending_at_end"); they wait no more."""
+        out = Output()
+        for doc_id, waiting in self.pending.drain():
+            self._dead_click("pending_at_end", doc_id, waiting, out)
         return out
 
     def finish(self) -> Output:
@@ -295,11 +312,10 @@ class Engine:
         row, new = self.docs.upsert(doc.id, unit[0])
         self.counts["upserts"] += 1
         if new:
-            waiting = self.pending.pop(doc.id, None)
+            waiting = self.pending.take(doc.id)
             if waiting:
-                self.pending_count -= len(waiting)
-                for vector, weight, when in waiting:
-                    self._clicks.add(row, weight, vector, when)
+                for click in waiting:
+                    self._clicks.add(row, click.weight, click.vector, click.when)
                 self._flush()
         # Its cached scores (if untouched) are stale; it re-enters with the new embedding.
         self._leave_caches.add(row)
@@ -312,6 +328,10 @@ class Engine:
         self._flush()
         row = self.docs.delete(doc.id)
         self.counts["deletes"] += 1
+        # The document these clicks waited for will not come now.
+        dropped = self.pending.drop(doc.id)
+        if dropped:
+            self.counts["pending_dropped_deleted"] += dropped
         if row is None:
             self.counts["deletes_unknown"] += 1
             return
@@ -395,7 +415,16 @@ class Engine:
                     for doc_id in doc_ids:
                         row = get_row(doc_id)
                         if row is None:
-                            self._pend(doc_id, vectors[at], weight, when, records[at], out)
+                            self._pend(
+                                doc_id,
+                                query_id,
+                                vectors[at],
+                                weight,
+                                when,
+                                records[at],
+                                out,
+                                events,
+                            )
                         else:
                             click_row(row)
                             click_weight(weight)
@@ -432,26 +461,35 @@ class Engine:
             if evicted is not None and self.config.validation.fold_evicted:
                 _, folded, answers, born = evicted
                 self.counts["folded_queries"] += 1
+                folded_id = evicted[0]
                 for answer_id, answer_weight in answers.items():
-                    self._train(answer_id, folded, answer_weight, born, record, out)
+                    self._train(answer_id, folded_id, folded, answer_weight, born, record, out)
 
-    def _train(self, doc_id: str, vector: np.ndarray, weight: float, when, record, out: Output):
+    def _train(self, doc_id, query_id, vector: np.ndarray, weight: float, when, record, out):
         row = self.docs.row_of.get(doc_id)
         if row is not None:
             self._clicks.add(row, weight, vector, when)
         else:
-            self._pend(doc_id, vector, weight, when, record, out)
+            self._pend(doc_id, query_id, vector, weight, when, record, out, self.events)
 
-    def _pend(self, doc_id: str, vector: np.ndarray, weight: float, when, record, out: Output):
+    def _pend(self, doc_id, query_id, vector, weight: float, when, record, out, events: int):
         """A click on a document not seen yet waits for it, while the pending store has room."""
-        if self.pending_count >= self.config.pending.max_events:
+        born = (float(events), self.clock if self.clock is not None else math.nan)
+        if not self.pending.add(doc_id, query_id, vector, weight, when, born):
             detail = f"document {doc_id!r} not seen yet and the pending store is full"
             self._dead(DeadLetter("pending_overflow", detail, record), out)
-            return
-        # A copy: the vector may be a row of its whole batch's array, which must not stay alive
-        # for one waiting click.
-        self.pending.setdefault(doc_id, []).append((vector.copy(), weight, when))
-        self.pending_count += 1
+
+    def _expire(self, out: Output) -> None:
+        """Waiting clicks past their age become dead letters."""
+        for doc_id, waiting in self.pending.expire(self.events, self.clock):
+            self._dead_click("pending_expired", doc_id, waiting, out)
+
+    def _dead_click(self, reason: str, doc_id: str, click: Waiting, out: Output) -> None:
+        """A waiting click as a dead letter, written as the event it was (so that it can be sent
+        again once its document exists)."""
+        value = encode_event(click.query_id, click.vector, doc_id, click.weight, "train")
+        detail = f"document {doc_id!r} did not arrive"
+        self._dead(DeadLetter(reason, detail, Record("events", value)), out)
 
     def _flush(self) -> None:
         """Add buffered training clicks to the query sums."""
@@ -676,7 +714,6 @@ def snapshot(engine: Engine) -> tuple[dict[str, np.ndarray], dict]:
         "dead_letters": dict(engine.dead_letters),
         "counts": dict(engine.counts),
         "dimension": engine.decoder.dimension,
-        "pending_count": engine.pending_count,
         "changed": sorted(engine._changed),
         "forced": sorted(engine._forced),
         "gamma_changed": engine._gamma_changed,
@@ -715,18 +752,9 @@ def snapshot(engine: Engine) -> tuple[dict[str, np.ndarray], dict]:
         }
     if engine.seen is not None:
         arrays.update(engine.seen.to_state())
-    pending_ids, pending_vectors, pending_weights, pending_times = [], [], [], []
-    for doc_id, waiting in engine.pending.items():
-        for vector, weight, when in waiting:
-            pending_ids.append(doc_id)
-            pending_vectors.append(vector)
-            pending_weights.append(weight)
-            pending_times.append(when)
-    meta["pending_ids"] = pending_ids
-    arrays["pending_weights"] = np.array(pending_weights, dtype=np.float64)
-    arrays["pending_times"] = np.array(pending_times, dtype=np.float64).reshape(-1, 2)
-    if pending_vectors:
-        arrays["pending_vectors"] = np.stack(pending_vectors)
+    pending_arrays, pending_meta = engine.pending.to_state()
+    arrays.update(pending_arrays)
+    meta.update(pending_meta)
     return arrays, meta
 
 
@@ -800,12 +828,5 @@ def restore(config: Config, arrays: dict[str, np.ndarray], meta: dict) -> Engine
         window._unit_stale = list(window.slot_of.values())
     if engine.seen is not None:
         engine.seen = SeenPairs.from_state(engine.seen.capacity, arrays)
-    vectors = arrays.get("pending_vectors")
-    times = arrays.get("pending_times")
-    for i, doc_id in enumerate(meta["pending_ids"]):
-        when = (float(times[i, 0]), float(times[i, 1])) if times is not None else now
-        engine.pending.setdefault(doc_id, []).append(
-            (vectors[i].copy(), float(arrays["pending_weights"][i]), when)
-        )
-    engine.pending_count = int(meta["pending_count"])
+    engine.pending.restore(arrays, meta, now)
     return engine
