@@ -15,6 +15,7 @@ that lag shows in the usual tools).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -25,7 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "Checkpoint", "CheckpointError", "CheckpointStore"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointStore",
+    "StateDirectoryError",
+]
 
 FORMAT_VERSION = 1
 _HEADER = "__header__"
@@ -35,6 +42,11 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be trusted (unreadable, wrong version, checksum mismatch)."""
+
+
+class StateDirectoryError(RuntimeError):
+    """The state directory cannot be used: not writable, or another instance holds it. Not a
+    Kafka problem: retrying cannot help, so the service stops and says why."""
 
 
 @dataclass
@@ -68,7 +80,59 @@ class CheckpointStore:
         self.path = self.directory / "checkpoint.npz"
         self.previous = self.directory / "checkpoint.prev.npz"
 
+    def claim(self) -> None:
+        """Make sure the directory can hold checkpoints, and hold it: create it, write and remove
+        a probe file, and take an exclusive lock on ``lock`` (released when the process ends,
+        however it ends), so that two instances never share one state directory.
+
+        Raises :class:`StateDirectoryError` naming the directory and the reason.
+        """
+        where = self.directory.resolve()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            probe = self.directory / f".probe.{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StateDirectoryError(
+                f"checkpoint.directory {where} is not writable ({exc.strerror or exc}); "
+                "point checkpoint.directory (or STREAM_NUDGE_STATE_DIR) at a writable directory"
+            ) from exc
+        # Held open for the life of the process: the lock lives as long as the file is open.
+        lock = (self.directory / "lock").open("a+")
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            lock.close()
+            raise StateDirectoryError(
+                f"checkpoint.directory {where} is in use by another stream-nudge (pid {holder}); "
+                "give each instance a state directory of its own"
+            ) from exc
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        self._lock = lock
+
+    def release(self) -> None:
+        """Give up the directory's lock (it also goes when the process ends)."""
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.close()
+            self._lock = None
+
     def save(self, arrays: dict[str, np.ndarray], meta: dict, offsets: dict) -> Checkpoint:
+        """Write a checkpoint atomically. An I/O failure raises :class:`StateDirectoryError`."""
+        try:
+            return self._save(arrays, meta, offsets)
+        except OSError as exc:
+            raise StateDirectoryError(
+                f"cannot write a checkpoint in {self.directory.resolve()}: {exc}"
+            ) from exc
+
+    def _save(self, arrays: dict[str, np.ndarray], meta: dict, offsets: dict) -> Checkpoint:
         self.directory.mkdir(parents=True, exist_ok=True)
         created = time.time()
         body = json.dumps(

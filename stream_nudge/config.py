@@ -347,6 +347,8 @@ ENV_OVERRIDES = {
     "STREAM_NUDGE_KAFKA_SASL_USERNAME": ("kafka", "security", "sasl_plain_username"),
     "STREAM_NUDGE_KAFKA_SASL_PASSWORD": ("kafka", "security", "sasl_plain_password"),
     "STREAM_NUDGE_KAFKA_SSL_PASSWORD": ("kafka", "security", "ssl_password"),
+    # Deploy files set the state directory here, whatever config file is mounted.
+    "STREAM_NUDGE_STATE_DIR": ("checkpoint", "directory"),
 }
 
 

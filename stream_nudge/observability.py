@@ -62,6 +62,7 @@ class Metrics:
         )
         self.last_checkpoint = time.time()
         self.last_tick = time.monotonic()
+        self.failure: str | None = None  # why the service stopped working, if it did
         self._server: ThreadingHTTPServer | None = None
 
     def tick(self) -> None:
@@ -69,8 +70,12 @@ class Metrics:
         self.last_tick = time.monotonic()
         self.checkpoint_age.set(time.time() - self.last_checkpoint)
 
+    def fail(self, reason: str) -> None:
+        """The service cannot go on: /healthz answers 503 from now on."""
+        self.failure = reason
+
     def healthy(self, stale_after: float) -> bool:
-        return time.monotonic() - self.last_tick < stale_after
+        return self.failure is None and time.monotonic() - self.last_tick < stale_after
 
     def serve(self, host: str, port: int, stale_after: float = 120.0) -> int:
         """Serve /metrics and /healthz on a background thread; returns the bound port."""

@@ -25,7 +25,7 @@ from collections import Counter
 
 from kafka.errors import KafkaError
 
-from stream_nudge.checkpoint import CheckpointError, CheckpointStore
+from stream_nudge.checkpoint import CheckpointError, CheckpointStore, StateDirectoryError
 from stream_nudge.config import Config
 from stream_nudge.engine import Engine, Output, restore, snapshot
 from stream_nudge.kafka import KafkaSink, KafkaSource, SinkError, ensure_topics, last_generation
@@ -65,7 +65,18 @@ class Service:
         self.stop_requested = True
 
     def run(self) -> int:
-        """Run until stopped; 0 on a clean stop, 1 if the state cannot be restored."""
+        """Run until stopped; 0 on a clean stop, 1 if the state cannot be restored or saved."""
+        try:
+            self.store.claim()
+        except StateDirectoryError as exc:
+            log.error("cannot start: %s", exc)
+            return 1
+        try:
+            return self._run()
+        finally:
+            self.store.release()
+
+    def _run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         m = self.config.metrics
@@ -76,6 +87,7 @@ class Service:
             self._load_state()
         except (CheckpointError, ValueError) as exc:
             log.error("cannot start: %s", exc)
+            self.metrics.close()
             return 1
         backoff = 0.5
         while not self.stop_requested:
@@ -83,6 +95,14 @@ class Service:
                 self._connect()
                 backoff = 0.5
                 self._loop()
+            except StateDirectoryError as exc:
+                # Not Kafka trouble: going back to the last checkpoint and reading again would
+                # only fail the same way, forever, while looking alive. Stop, unhealthy, loudly.
+                log.error("stopping: %s", exc)
+                self.metrics.fail(str(exc))
+                self._disconnect()
+                self.metrics.close()
+                return 1
             except (KafkaError, SinkError, OSError, TimeoutError, _Restart) as exc:
                 log.warning(
                     "Kafka trouble (%s: %s); retrying in %.1f s",
@@ -100,8 +120,7 @@ class Service:
                 except (CheckpointError, ValueError) as err:
                     log.error("cannot restore the checkpoint: %s", err)
                     return 1
-        self._shutdown()
-        return 0
+        return 0 if self._shutdown() else 1
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -148,15 +167,19 @@ class Service:
                     log.debug("closing %s: %s", edge.__class__.__name__, exc)
         self.source = self.sink = None
 
-    def _shutdown(self) -> None:
+    def _shutdown(self) -> bool:
+        """The final checkpoint, then close everything; False if that checkpoint failed."""
+        saved = True
         try:
             if self.source is not None and self.sink is not None:
                 self.checkpoint()
-        except (KafkaError, SinkError, OSError) as exc:
+        except (KafkaError, SinkError, OSError, StateDirectoryError) as exc:
             log.error("final checkpoint failed (%s); the previous one stands", exc)
+            saved = False
         self._disconnect()
         self.metrics.close()
         log.info("stopped")
+        return saved
 
     # --- the loop -------------------------------------------------------------------------------
 

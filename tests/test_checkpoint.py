@@ -105,3 +105,61 @@ def test_wrong_format_version_is_refused(tmp_path, monkeypatch):
 
 def test_no_checkpoint_is_none(tmp_path):
     assert CheckpointStore(tmp_path / "empty").load() is None
+
+
+def _run_service(config_path):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "stream_nudge", "run", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_run_refuses_a_state_directory_it_cannot_write_before_touching_kafka(tmp_path):
+    # A directory under a regular file cannot exist, for root too.
+    (tmp_path / "file").write_text("")
+    state = tmp_path / "file" / "state"
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"checkpoint:\n  directory: {state}\nkafka:\n  bootstrap_servers: 127.0.0.1:1\n"
+    )
+    run = _run_service(config)
+    assert run.returncode == 1
+    assert f"checkpoint.directory {state} is not writable" in run.stderr
+    assert "Kafka" not in run.stderr
+
+
+def test_two_instances_never_share_a_state_directory(tmp_path, monkeypatch):
+    state = tmp_path / "state"
+    holder = CheckpointStore(state)
+    holder.claim()  # this test process is the first instance
+    config = tmp_path / "c.yaml"
+    config.write_text("kafka:\n  bootstrap_servers: 127.0.0.1:1\n")
+    # The environment names the state directory, as every deploy file does.
+    monkeypatch.setenv("STREAM_NUDGE_STATE_DIR", str(state))
+    run = _run_service(config)
+    assert run.returncode == 1
+    assert f"is in use by another stream-nudge (pid {__import__('os').getpid()})" in run.stderr
+    # Released (or gone with its process), the directory can be taken again.
+    holder.release()
+    again = CheckpointStore(state)
+    again.claim()
+    again.release()
+
+
+def test_a_checkpoint_that_cannot_be_written_raises_a_state_error_not_an_os_error(tmp_path):
+    from stream_nudge.checkpoint import StateDirectoryError
+
+    store = CheckpointStore(tmp_path / "state")
+    store.save({"x": np.arange(3)}, {}, {})
+    # The directory replaced by a file (a lost mount, a wrong path): not Kafka trouble.
+    import shutil
+
+    shutil.rmtree(tmp_path / "state")
+    (tmp_path / "state").write_text("")
+    with pytest.raises(StateDirectoryError, match="cannot write a checkpoint in"):
+        store.save({"x": np.arange(3)}, {}, {})

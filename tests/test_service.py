@@ -376,3 +376,32 @@ def test_a_rebalance_checkpoints_before_partitions_are_given_up(
         assert "could not commit offsets" not in log.read_text()
     finally:
         assert stop(proc) == 0
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_service_instead_of_rereading_forever(
+    kafka_bootstrap, make_topic, scifact, tmp_path
+):
+    import shutil
+
+    topics = make_topics(make_topic)
+    produce(kafka_bootstrap, topics["docs"], scifact[0][:200])
+    state = tmp_path / "state"
+    config = write_config(tmp_path / "c.yaml", kafka_bootstrap, topics, state, **ENGINE)
+    log = tmp_path / "service.log"
+    proc = start(config, log)
+    try:
+        deadline = time.monotonic() + 60
+        while checkpoint_meta(state) is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert checkpoint_meta(state) is not None, log.read_text()[-2000:]
+        # The state directory goes away under the service (a lost volume, a wrong path).
+        shutil.rmtree(state)
+        state.write_text("")
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert proc.returncode == 1, text[-2000:]
+    assert "stopping: cannot write a checkpoint in" in text
+    assert "Kafka trouble" not in text
