@@ -21,8 +21,9 @@ EXACT = {
 }
 
 # (data set, method, objective, every_events, base64 vectors, one event per (query, answer)):
-# each data set and method with each objective; each every_events value with both methods, both
-# encodings and both event shapes.
+# each data set and method with each objective; each every_events value with both methods; both
+# encodings and both event shapes with each method. (Every event on 1,279 per-pair events costs
+# 4 s; every_events 1 runs on per-query events, and the generated streams cover the rest.)
 CASES = [
     ("scifact-minilm", "nudge-n", "hit@1", 3, False, True),
     ("scifact-minilm", "nudge-n", "mrr@10", 7, True, False),
@@ -33,7 +34,7 @@ CASES = [
     ("cranfield-minilm", "nudge-n", "hit@1", 100, True, False),
     ("cranfield-minilm", "nudge-n", "mrr@10", 10_000, False, True),
     ("cranfield-minilm", "nudge-n", "ndcg@10", 1, True, False),
-    ("cranfield-minilm", "nudge-m", "hit@1", 1, False, True),
+    ("cranfield-minilm", "nudge-m", "hit@1", 1, False, False),
     ("cranfield-minilm", "nudge-m", "mrr@10", 100, True, False),
     ("cranfield-minilm", "nudge-m", "ndcg@10", 10_000, False, False),
 ]

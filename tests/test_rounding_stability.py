@@ -55,7 +55,7 @@ def _opposite(doc, train, train_answers, j) -> bool:
 
 
 @pytest.mark.parametrize("method", ["nudge-m", "nudge-n"])
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     problem=problems(max_docs=10, max_dim=6, max_train=10, max_val=8, allow_empty=False),
     objective=objectives,
