@@ -324,5 +324,7 @@ def _evaluate(args, config) -> int:
     written = write_report(report, args.out, args.title)
     for line in report.table():
         print(line)
+    for sentence in report.dropped():
+        print(sentence, file=sys.stderr)
     print(f"wrote {', '.join(str(p) for p in written)} ({report.seconds:.1f} s)")
     return 0

@@ -97,6 +97,25 @@ class Report:
             "seconds": self.seconds,
         }
 
+    def dropped(self) -> list[str]:
+        """What the evaluation left out of its input, one sentence each (empty when nothing)."""
+        d = self.data
+        out = []
+        dead = d.get("dead_letters", {})
+        if dead:
+            reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(dead.items()))
+            out.append(
+                f"Rejected {sum(dead.values())} bad lines of the documents and events logs "
+                f"({reasons}); the runs above did not see them."
+            )
+        skipped, missing = d.get("test_queries_skipped", 0), d.get("relevant_not_in_corpus", 0)
+        if skipped or missing:
+            out.append(
+                f"Skipped {skipped} test queries with no relevant document in the corpus; "
+                f"dropped {missing} relevant ids not in the corpus."
+            )
+        return out
+
     def table(self) -> list[str]:
         """The results as aligned text lines for a terminal."""
         width = max(len(row["name"]) for row in self.rows) + 2
@@ -125,13 +144,8 @@ class Report:
             gamma = "" if row["gamma"] is None else f"{row['gamma']:.4g}"
             cells = " | ".join(f"{row[m]:.2f}" for m in METRICS)
             out.append(f"| {row['name']} | {gamma} | {cells} |")
-        skipped = d.get("test_queries_skipped", 0)
-        if skipped or d.get("relevant_not_in_corpus", 0):
-            out += [
-                "",
-                f"Skipped {skipped} test queries with no relevant document in the corpus; "
-                f"dropped {d.get('relevant_not_in_corpus', 0)} relevant ids not in the corpus.",
-            ]
+        for sentence in self.dropped():
+            out += ["", sentence]
         for plot in self.plots:
             out += ["", f"![learning curve]({Path(plot).name})"]
         if self.curves and not self.plots:

@@ -245,3 +245,21 @@ def test_decay_wins_on_the_shift_scenario(tmp_path, capsys):
     assert rows["no fine-tuning"]["NDCG@10"] < min(
         r["NDCG@10"] for r in rows.values() if r["mode"] != "none"
     )
+
+
+def test_what_evaluate_drops_is_said_in_the_terminal_and_in_results_md(tmp_path, capsys):
+    docs, events, test, lines = small_logs(tmp_path)
+    events.write_bytes(events.read_bytes() + b"not json\n" + b'{"query_id": 3}\n')
+    lines.append({"query_id": "t-unknown", "query_embedding": lines[0]["query_embedding"],
+                  "relevant": {"d-missing": 1}})  # fmt: skip
+    write_jsonl(test, [orjson.dumps(t) for t in lines])
+    out = tmp_path / "out"
+    args = ["evaluate", "--docs", str(docs), "--events", str(events), "--test", str(test)]
+    assert main([*args, "--out", str(out), "--every", "25"]) == 0
+    err = capsys.readouterr().err
+    rejected = "Rejected 2 bad lines of the documents and events logs (invalid_json 1, "
+    skipped = "Skipped 1 test queries with no relevant document in the corpus; dropped 1"
+    for text in (err, (out / "results.md").read_text()):
+        assert rejected in text and skipped in text
+    data = json.loads((out / "results.json").read_text())["data"]
+    assert sum(data["dead_letters"].values()) == 2 and data["test_queries_skipped"] == 1
