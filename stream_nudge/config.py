@@ -88,6 +88,14 @@ class PendingConfig:
 
 
 @dataclass(frozen=True)
+class ContractConfig:
+    #: Dead-letter records with fields the contract does not name ("unknown_field"), so that a
+    #: misspelled optional field ("wieght") is not silently ignored. Off: unknown fields are
+    #: ignored (a producer may add fields of its own).
+    strict: bool = False
+
+
+@dataclass(frozen=True)
 class DedupeConfig:
     #: A (query_id, doc_id) pair counts once: a re-delivered event changes nothing. At least the
     #: latest half of this many distinct pairs are remembered (about 75 bytes each); 0: off.
@@ -202,6 +210,7 @@ class Config:
     publish: PublishConfig = field(default_factory=PublishConfig)
     pending: PendingConfig = field(default_factory=PendingConfig)
     dedupe: DedupeConfig = field(default_factory=DedupeConfig)
+    contract: ContractConfig = field(default_factory=ContractConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)

@@ -52,10 +52,21 @@ REASONS = (
     "zero_vector",  # a document embedding of length zero
     "bad_weight",  # a weight that is not a finite number within limits
     "bad_split",  # a split other than train / validation
+    "ambiguous",  # two fields that say one thing: doc_id and doc_ids, a vector as JSON and base64
+    "unknown_field",  # with contract.strict, a field the contract does not name (a typo: "wieght")
     "pending_overflow",  # an event for an unseen document when the pending store is full
     "pending_expired",  # a click whose document did not arrive within pending.max_age_*
     "pending_at_end",  # a click still waiting for its document when a replay ended
 )
+
+# The fields the contract names. Others are ignored, or with ``strict`` dead letters.
+KNOWN_FIELDS = {
+    "docs": frozenset(("op", "id", "embedding", "embedding_b64")),
+    "events": frozenset(
+        ("query_id", "query_embedding", "query_embedding_b64", "doc_id", "doc_ids")
+        + ("weight", "split", "ts")
+    ),
+}
 
 # The batch path converts vectors this many at a time: enough to spread the cost of a call, few
 # enough that the parsed numbers are still in cache when converted.
@@ -117,8 +128,11 @@ class Decoder:
         max_dimension: int = 65_536,
         max_doc_ids: int = 1000,
         max_weight: float = 1e6,
+        strict: bool = False,
     ):
         self.dimension = dimension
+        # With strict, a field the contract does not name makes the record a dead letter.
+        self.strict = strict
         self.max_message_bytes = max_message_bytes
         self.max_dimension = max_dimension
         self.max_doc_ids = max_doc_ids
@@ -136,6 +150,7 @@ class Decoder:
             limits.max_dimension,
             limits.max_doc_ids,
             limits.max_weight,
+            config.contract.strict,
         )
 
     def vector(self, obj: dict, name: str) -> np.ndarray:
@@ -196,6 +211,11 @@ class Decoder:
         try:
             if obj is None:
                 obj = self._parse(record)
+            if self.strict:
+                unknown = obj.keys() - KNOWN_FIELDS[record.topic]
+                if unknown:
+                    names = ", ".join(sorted(unknown))
+                    raise _Reject("unknown_field", f"fields the contract does not name: {names}")
             if record.topic == "docs":
                 return self._document(obj)
             return self._event(obj)
@@ -243,6 +263,7 @@ class Decoder:
         parse = _simdjson_parser().parse
         limit = self.max_message_bytes
         max_weight = self.max_weight
+        strict = self.strict
         b64_length = 4 * -(-4 * dim // 3)
         # Per vector encoding: the records' indices, their fields, and their raw vectors.
         lists: tuple[list[int], list, list] = ([], [], [])
@@ -255,7 +276,7 @@ class Decoder:
                 continue
             # A vector as a JSON array: simdjson, when the record is plain enough (else orjson).
             if value.__class__ is bytes and value[:1] == b"{" and b'_b64"' not in value:
-                found = _simdjson_record(parse, value, record.topic, dim, max_weight)
+                found = _simdjson_record(parse, value, record.topic, dim, max_weight, strict)
                 if found is not None:
                     doubles[0].append(i)
                     doubles[1].append(found[0])
@@ -268,8 +289,10 @@ class Decoder:
             except orjson.JSONDecodeError:
                 out[i] = one(record)
                 continue
-            if obj.__class__ is not dict:
-                out[i] = one(record)
+            if obj.__class__ is not dict or (
+                strict and not KNOWN_FIELDS[record.topic].issuperset(obj)
+            ):
+                out[i] = one(record, obj if obj.__class__ is dict else None)
                 continue
             if record.topic == "docs":
                 doc_id = obj.get("id")
@@ -292,6 +315,9 @@ class Decoder:
                     continue
                 name = "query_embedding"
             raw = obj.get(name)
+            if raw is not None and name + "_b64" in obj:
+                out[i] = one(record, obj)  # ambiguous: the reference says so
+                continue
             if raw is not None:
                 group, convert = (lists, _from_lists) if raw.__class__ is list else (None, None)
                 if group is not None and len(raw) != dim:
@@ -353,6 +379,8 @@ class Decoder:
         return DocUpsert(doc_id, vector)
 
     def _event(self, obj: dict):
+        if "doc_id" in obj and "doc_ids" in obj:
+            raise _Reject("ambiguous", "both doc_id and doc_ids: send one of them")
         query_id = obj.get("query_id")
         if query_id.__class__ is not str or not query_id:
             query_id = _text(obj, "query_id")  # raises the right reason
@@ -389,10 +417,18 @@ class Decoder:
         return Event(query_id, vector, doc_ids, weight, split, ts)
 
     def _vector(self, obj: dict, name: str) -> np.ndarray:
+        if name in obj and name + "_b64" in obj:
+            raise _Reject("ambiguous", f"both {name} and {name}_b64: send one of them")
         raw = obj.get(name)
         if raw is not None:
             if raw.__class__ is not list:
                 raise _Reject("wrong_type", f"{name} must be an array of numbers")
+            if not _numbers_only(raw):
+                # numpy would read "0.8" and true as numbers; the contract says numbers.
+                raise _Reject(
+                    "wrong_type",
+                    f"{name} must be an array of numbers (no strings, booleans or nulls)",
+                )
             if len(raw) > self.max_dimension:
                 raise _Reject(
                     "absurd_size", f"{name} has {len(raw)} numbers > limits.max_dimension"
@@ -473,7 +509,9 @@ def _simdjson_parser() -> simdjson.Parser:
     return parser
 
 
-def _simdjson_record(parse, value: bytes, topic: str, dim: int, max_weight: float):
+def _simdjson_record(
+    parse, value: bytes, topic: str, dim: int, max_weight: float, strict: bool = False
+):
     """A plain upsert or single-document event whose vector is a JSON array of ``dim`` numbers:
     its fields (as the batch path keeps them) and its vector as float64 bytes; else None.
 
@@ -494,6 +532,8 @@ def _simdjson_record(parse, value: bytes, topic: str, dim: int, max_weight: floa
             return None
         keys = list(obj.keys())
         if len(set(keys)) != len(keys):
+            return None
+        if strict and not KNOWN_FIELDS[topic].issuperset(keys):
             return None
         if topic == "docs":
             doc_id = obj["id"] if "id" in keys else None
@@ -532,8 +572,19 @@ def _from_doubles(raws: list, dim: int) -> np.ndarray | None:
     return np.frombuffer(data, dtype=np.float64).reshape(len(raws), dim).astype(np.float32)
 
 
+_NUMBER_TYPES = frozenset((int, float))
+
+
+def _numbers_only(values: list) -> bool:
+    """Whether a parsed JSON array holds only numbers (bool is a subclass of int, and numpy would
+    also convert numeric strings: both are refused)."""
+    return {*map(type, values)} <= _NUMBER_TYPES
+
+
 def _from_lists(raws: list[list], dim: int) -> np.ndarray | None:
     """JSON arrays of ``dim`` numbers each as one float32 array, or None if any is not that."""
+    if not all(map(_numbers_only, raws)):
+        return None
     try:
         vectors = np.array(raws, dtype=np.float32)
     except (TypeError, ValueError):

@@ -75,6 +75,24 @@ BAD_EVENTS = [
     ),
     (orjson.dumps({"query_id": "q", "query_embedding": V[:-1], "doc_id": "d1"}), "wrong_dimension"),
     (
+        orjson.dumps({"query_id": "q", "query_embedding": ["0.8"] * DIM, "doc_id": "d1"}),
+        "wrong_type",
+    ),
+    (
+        orjson.dumps({"query_id": "q", "query_embedding": [True] * DIM, "doc_id": "d1"}),
+        "wrong_type",
+    ),
+    (
+        orjson.dumps({"query_id": "q", "query_embedding": V, "doc_id": "d1", "doc_ids": ["d2"]}),
+        "ambiguous",
+    ),
+    (
+        orjson.dumps(
+            {"query_id": "q", "query_embedding": V, "query_embedding_b64": "AAAA", "doc_id": "d"}
+        ),
+        "ambiguous",
+    ),
+    (
         orjson.dumps({"query_id": "q", "query_embedding": [float("1e40")] * DIM, "doc_id": "d1"}),
         "non_finite",
     ),
@@ -83,9 +101,22 @@ BAD_EVENTS = [
 
 
 def test_every_reason_is_exercised():
-    # The pending store's reasons are exercised in test_pending.py.
-    pending = {"pending_overflow", "pending_expired", "pending_at_end"}
-    assert {r for _, r in BAD_DOCS + BAD_EVENTS} | pending == set(REASONS)
+    # The pending store's reasons are exercised in test_pending.py, strict mode's below.
+    elsewhere = {"pending_overflow", "pending_expired", "pending_at_end", "unknown_field"}
+    assert {r for _, r in BAD_DOCS + BAD_EVENTS} | elsewhere == set(REASONS)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_unknown_fields_are_ignored_or_in_strict_mode_dead_letters(strict):
+    typo = orjson.dumps({"query_id": "q", "query_embedding": V, "doc_id": "d1", "wieght": 5})
+    doc = orjson.dumps({"id": "d1", "embedding": V, "source": "crawler"})  # no op: an upsert
+    decoder = Decoder.for_config(load_config(overrides={"contract": {"strict": strict}}))
+    got = decoder.decode_batch([Record("docs", doc), Record("events", typo)] * 3)
+    if strict:
+        assert {g.reason for g in got} == {"unknown_field"}
+        assert "wieght" in got[1].detail and "source" in got[0].detail
+    else:
+        assert got[0].__class__.__name__ == "DocUpsert" and got[1].weight == 1.0
 
 
 def interleave(good, bad):

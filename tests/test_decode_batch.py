@@ -141,6 +141,12 @@ def records(draw, dim: int):
         ):
             if draw(st.booleans()):
                 body[key] = draw(mostly(good, bad))
+    if draw(st.integers(0, 9)) == 0:  # a field the contract does not name (strict refuses it)
+        body[draw(st.sampled_from(["wieght", "source", "doc"]))] = 1
+    if draw(st.integers(0, 19)) == 0:  # the vector twice, as JSON and as base64: ambiguous
+        name = "embedding" if topic == "docs" else "query_embedding"
+        body[name] = [0.5] * dim
+        body[name + "_b64"] = b64([0.5] * dim)
     line = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
     if b'"@numbers@"' in line:
         spellings = st.sampled_from(
@@ -196,10 +202,10 @@ def same(a, b) -> bool:
 
 
 @SETTINGS
-@given(st.data(), st.sampled_from([1, 2, 3, 4, 5, 6, 8]), st.booleans())
-def test_a_batch_decodes_as_its_records_one_by_one(data, dim, known):
+@given(st.data(), st.sampled_from([1, 2, 3, 4, 5, 6, 8]), st.booleans(), st.booleans())
+def test_a_batch_decodes_as_its_records_one_by_one(data, dim, known, strict):
     batch = data.draw(st.lists(records(dim), min_size=2, max_size=150))
-    limits = {"max_message_bytes": 500, "max_dimension": 64}
+    limits = {"max_message_bytes": 500, "max_dimension": 64, "strict": strict}
     start = dim if known else None
     one_by_one = Decoder(start, **limits)
     expected = [one_by_one.decode(r) for r in batch]
@@ -249,7 +255,10 @@ def test_the_batch_path_is_taken_and_its_vectors_are_exact():
     "fields,reason",
     [
         ({"doc_id": "d", "query_embedding": [[1.0], [2.0], [3.0]]}, "wrong_type"),
-        ({"doc_id": "d", "doc_ids": ["e", "f"]}, None),
+        ({"doc_id": "d", "doc_ids": ["e", "f"]}, "ambiguous"),
+        ({"doc_id": "d", "query_embedding_b64": "AACAPwAAAEAAAEBA"}, "ambiguous"),
+        ({"doc_id": "d", "query_embedding": ["1.0", 2.0, 3.0]}, "wrong_type"),
+        ({"doc_id": "d", "query_embedding": [True, 2.0, 3.0]}, "wrong_type"),
         ({"doc_id": "d", "weight": True}, "bad_weight"),
         ({"doc_id": "d", "weight": -1e7}, "bad_weight"),
         ({"doc_id": "d", "ts": False}, "wrong_type"),
