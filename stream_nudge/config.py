@@ -35,6 +35,10 @@ class ValidationConfig:
     window: int = 2000
     #: A query leaving the window joins the training sums, so no click is wasted.
     fold_evicted: bool = True
+    #: A query belongs to one split: a later event of a query id with the other split is a dead
+    #: letter ("split_conflict"). At least the latest half of this many query ids are remembered
+    #: (about 150 bytes each, checkpointed).
+    remember_queries: int = 200_000
 
 
 @dataclass(frozen=True)
@@ -277,6 +281,8 @@ def _check(c: Config) -> None:
         age = getattr(c.pending, key)
         if age is not None and not (age > 0 and math.isfinite(age)):
             fail(f"pending.{key}", "must be a positive number or null")
+    if c.validation.remember_queries < 2:
+        fail("validation.remember_queries", "must be >= 2")
     if c.dedupe.max_pairs < 0 or c.dedupe.max_pairs == 1:
         fail("dedupe.max_pairs", "must be 0 (off) or >= 2")
     for name in ("max_message_bytes", "max_dimension", "max_doc_ids"):

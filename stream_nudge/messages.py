@@ -53,6 +53,7 @@ REASONS = (
     "bad_weight",  # a weight that is not a finite number within limits
     "bad_split",  # a split other than train / validation
     "ambiguous",  # two fields that say one thing: doc_id and doc_ids, a vector as JSON and base64
+    "split_conflict",  # a query id sent as train and as validation: the later event
     "unknown_field",  # with contract.strict, a field the contract does not name (a typo: "wieght")
     "pending_overflow",  # an event for an unseen document when the pending store is full
     "pending_expired",  # a click whose document did not arrive within pending.max_age_*

@@ -103,6 +103,7 @@ BAD_EVENTS = [
 def test_every_reason_is_exercised():
     # The pending store's reasons are exercised in test_pending.py, strict mode's below.
     elsewhere = {"pending_overflow", "pending_expired", "pending_at_end", "unknown_field"}
+    elsewhere.add("split_conflict")  # test_engine_behaviour.py
     assert {r for _, r in BAD_DOCS + BAD_EVENTS} | elsewhere == set(REASONS)
 
 

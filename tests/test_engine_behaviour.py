@@ -215,3 +215,27 @@ def test_clicks_left_by_a_failed_batch_keep_their_own_vectors(monkeypatch):
     sums = sums_by_id(engine)
     assert np.array_equal(sums["a"], queries[0].astype(np.float64))
     assert np.array_equal(sums["b"], queries[1].astype(np.float64) + queries[2])
+
+
+def test_a_query_belongs_to_one_split_and_a_conflicting_event_is_a_dead_letter():
+    # A training query that later comes as validation (here with the answer it trained): counted
+    # in both, it validated its own nudge (hit@1 0 -> 1 on nothing learnable).
+    docs = [doc_message("a", [1.0, 0.0]), doc_message("b", [0.6, 0.8])]
+    q = [0.0, 1.0]
+    events = [
+        event_message("q1", q, "a", "train"),
+        event_message("q1", q, "a", "validation"),
+        event_message("q1", q, "b", "train"),  # same split, another answer: fine
+        event_message("q2", q, "b"),  # no split: the stable hash decides, and remembers it
+        event_message("q2", q, "a", "validation" if not is_validation("q2", 0.1) else "train"),
+    ]
+    engine, sink = run_engine(records(docs, events), {"gamma": {"every_events": 0}})
+    assert [d.reason for d in sink.dead_letters] == ["split_conflict", "split_conflict"]
+    assert "'q1' came as train before" in sink.dead_letters[0].detail
+    assert engine.events == 3 and len(engine.window) == int(is_validation("q2", 0.1))
+    # Remembered across a checkpoint too.
+    from stream_nudge.engine import restore, snapshot
+
+    again = restore(engine.config, *snapshot(engine))
+    out = again.process([Record("events", event_message("q1", q, "b", "validation"))])
+    assert [d.reason for d in out.dead_letters] == ["split_conflict"]

@@ -22,7 +22,7 @@ from stream_nudge.core.geometry import nudge_m, nudge_n, unit_rows
 from stream_nudge.core.objectives import parse_objective
 from stream_nudge.engine.pending import PendingClicks, Waiting
 from stream_nudge.engine.scores import SelectionCache
-from stream_nudge.engine.seen import SeenPairs
+from stream_nudge.engine.seen import QuerySplits, SeenPairs
 from stream_nudge.engine.state import Decay, DocumentTable
 from stream_nudge.engine.window import ValidationWindow
 from stream_nudge.messages import (
@@ -46,9 +46,6 @@ _HISTORY = 1000
 
 # The time of a click when decay is off: nothing reads it.
 _TIMELESS = (math.nan, math.nan)
-
-# Recent query ids' splits, remembered: several clicks of one query then hash it once.
-_SPLIT_CACHE = 100_000
 
 
 class _Clicks:
@@ -205,7 +202,8 @@ class Engine:
         self._fraction = c.validation.fraction
         # is_validation's rule, with its threshold computed once: the hash is per event.
         self._validation_below = c.validation.fraction * 2.0**64
-        self._split_of: dict[str, str] = {}
+        # Each recent query's split: a query belongs to one split.
+        self.splits = QuerySplits(c.validation.remember_queries)
         self.dead_letters: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
         # Since the last publication:
@@ -357,7 +355,7 @@ class Engine:
         every_events, every_seconds = gamma.every_events, gamma.every_seconds
         decay = self._decay
         get_row = self.docs.row_of.get
-        split_of = self._split_of
+        split_of, remember = self.splits.get, self.splits.put
         below = self._validation_below
         clicks = self._clicks
         click_row, click_weight, click_pick = (
@@ -375,6 +373,19 @@ class Engine:
                 if event.__class__ is not tuple:
                     break
                 query_id, doc_ids, weight, split, ts = event
+                # A query belongs to one split: its first event's (given or by the stable hash).
+                known = split_of(query_id)
+                if known is None:
+                    if split is None:
+                        # is_validation(), with its threshold computed once.
+                        split = "validation" if query_hash(query_id) < below else "train"
+                    remember(query_id, split)
+                elif split is None:
+                    split = known
+                elif split != known:
+                    self._split_conflict(query_id, split, known, records[at], out)
+                    at += 1
+                    continue
                 if fresh is not None:
                     new_ids = fresh(query_id, doc_ids)
                     if new_ids is not doc_ids:
@@ -402,14 +413,6 @@ class Engine:
                 if decay is not None:
                     clock = self.clock if self.clock is not None else math.nan
                     when = (float(events), ts if ts is not None else clock)
-                if split is None:
-                    split = split_of.get(query_id)
-                    if split is None:
-                        # is_validation(), with its threshold computed once.
-                        split = "validation" if query_hash(query_id) < below else "train"
-                        if len(split_of) >= _SPLIT_CACHE:
-                            split_of.clear()
-                        split_of[query_id] = split
                 if split == "train":
                     train += 1
                     for doc_id in doc_ids:
@@ -448,6 +451,12 @@ class Engine:
                 self.counts["duplicate_pairs"] += duplicates
                 self.counts["duplicate_events"] += redelivered
         return at
+
+    def _split_conflict(self, query_id: str, split: str, known: str, record, out) -> None:
+        # Counted in both splits, the query would validate documents it trained (a validation
+        # score of 1.0 where there was nothing to learn): the later event is refused.
+        detail = f"query {query_id!r} came as {known} before; a query belongs to one split"
+        self._dead(DeadLetter("split_conflict", detail, record), out)
 
     def _validation_event(
         self, query_id: str, vector, doc_ids, weight: float, record: Record, when, out: Output
@@ -752,6 +761,7 @@ def snapshot(engine: Engine) -> tuple[dict[str, np.ndarray], dict]:
         }
     if engine.seen is not None:
         arrays.update(engine.seen.to_state())
+    meta.update(engine.splits.to_state())
     pending_arrays, pending_meta = engine.pending.to_state()
     arrays.update(pending_arrays)
     meta.update(pending_meta)
@@ -828,5 +838,6 @@ def restore(config: Config, arrays: dict[str, np.ndarray], meta: dict) -> Engine
         window._unit_stale = list(window.slot_of.values())
     if engine.seen is not None:
         engine.seen = SeenPairs.from_state(engine.seen.capacity, arrays)
+    engine.splits = QuerySplits.from_state(engine.splits.capacity, meta)
     engine.pending.restore(arrays, meta, now)
     return engine

@@ -82,3 +82,43 @@ class SeenPairs:
             keys = np.asarray(arrays.get(f"seen_{name}", ()), dtype="<u8").tobytes()
             setattr(seen, name, {keys[i : i + 8] for i in range(0, len(keys), 8)})
         return seen
+
+
+class QuerySplits:
+    """Each recent query id's split, so that a query belongs to one split.
+
+    A query id's first event fixes its split (given, or by the stable hash); a later event of that
+    query with the other split is a conflict (the caller dead-letters it): counted in both, a
+    query would train the documents it then validates. Two generations, as :class:`SeenPairs`:
+    at least the latest ``capacity // 2`` query ids are remembered (checkpointed by id).
+    """
+
+    __slots__ = ("capacity", "current", "previous")
+
+    def __init__(self, capacity: int):
+        self.capacity = max(capacity, 2)
+        self.current: dict[str, str] = {}
+        self.previous: dict[str, str] = {}
+
+    def get(self, query_id: str) -> str | None:
+        split = self.current.get(query_id)
+        if split is None:
+            split = self.previous.get(query_id)
+        return split
+
+    def put(self, query_id: str, split: str) -> None:
+        if len(self.current) >= self.capacity // 2:
+            self.previous = self.current
+            self.current = {}
+        self.current[query_id] = split
+
+    def to_state(self) -> dict:
+        return {"query_splits": [list(self.previous.items()), list(self.current.items())]}
+
+    @classmethod
+    def from_state(cls, capacity: int, meta: dict) -> QuerySplits:
+        splits = cls(capacity)
+        previous, current = meta.get("query_splits", ([], []))
+        splits.previous = {q: s for q, s in previous}
+        splits.current = {q: s for q, s in current}
+        return splits
