@@ -23,6 +23,13 @@ What that rounding can and cannot change:
   the direction itself once reached). :func:`embedding_bound` is that plus float32 rounding of
   the embeddings themselves.
 
+What remains undecidable: where two curves only touch (a competitor comes within the tolerance
+of an answer and turns back), rounding decides whether they cross at all, and the sliver between
+the two crossings is as wide as the square root of the rounding. The selection merges change
+points closer than 1e-5 (``selection._SAME_POINT``) but cannot remove that case; it needs a
+touch within about 1e-7 of the tolerance, and 5,000 generated streams did not meet one (issue 15's
+notes).
+
 On the shared data sets, where curves cross steeply, a random perturbation of every score by one
 unit in its last place moved gamma by at most 4e-6: embeddings there agree within 1e-5 directly.
 """

@@ -114,6 +114,8 @@ def test_replay_equals_fine_tune_on_generated_streams(
     }
     engine, sink = run_engine(stream(problem, rng, b64, duplicates), overrides, batch_size)
     docs, train, train_answers, weights, val, val_answers = problem
+    # fine_tune gets the vectors the stream got: float32, as the messages carry them.
+    docs, train, val = (np.asarray(x, np.float32) for x in (docs, train, val))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # no validation query with an answer
         batch = fine_tune(docs, train, train_answers, val, val_answers, method, objective, weights)
