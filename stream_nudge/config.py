@@ -8,6 +8,7 @@ exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import types
@@ -238,6 +239,56 @@ class Config:
         _check(self)
 
 
+# kafka.security: the keys kafka-python takes for TLS and SASL, and the values it knows.
+SECURITY_KEYS = frozenset(
+    (
+        "security_protocol",
+        "ssl_check_hostname",
+        "ssl_cafile",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_password",
+        "ssl_crlfile",
+        "ssl_ciphers",
+        "sasl_mechanism",
+        "sasl_plain_username",
+        "sasl_plain_password",
+        "sasl_kerberos_name",
+        "sasl_kerberos_service_name",
+        "sasl_kerberos_domain_name",
+    )
+)
+SECURITY_VALUES = {
+    "security_protocol": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    "sasl_mechanism": ("PLAIN", "GSSAPI", "OAUTHBEARER", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+}
+
+
+def _check_security(security: dict, fail) -> None:
+    for key, value in security.items():
+        if key not in SECURITY_KEYS:
+            close = difflib.get_close_matches(str(key), SECURITY_KEYS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            fail(
+                f"kafka.security.{key}",
+                f"unknown key{hint}; allowed: {', '.join(sorted(SECURITY_KEYS))}",
+            )
+        allowed = SECURITY_VALUES.get(key)
+        if allowed is not None and value not in allowed:
+            fail(f"kafka.security.{key}", f"{value!r} is not one of {', '.join(allowed)}")
+        if key == "ssl_check_hostname" and not isinstance(value, bool):
+            fail(f"kafka.security.{key}", "must be true or false")
+    mechanism = security.get("sasl_mechanism")
+    if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        for key in ("sasl_plain_username", "sasl_plain_password"):
+            if not security.get(key):
+                fail(
+                    f"kafka.security.{key}",
+                    f"required with sasl_mechanism {mechanism} (or env "
+                    f"STREAM_NUDGE_KAFKA_{key.upper().replace('_PLAIN', '')})",
+                )
+
+
 def _check(c: Config) -> None:
     def fail(key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
@@ -300,6 +351,17 @@ def _check(c: Config) -> None:
     for name in ("docs", "events", "updates", "dead_letters"):
         if not getattr(k.topics, name).strip():
             fail(f"kafka.topics.{name}", "must not be empty")
+    # An output topic that is an input would feed the service its own output.
+    seen_topics: dict[str, str] = {}
+    for name in ("docs", "events", "updates", "dead_letters"):
+        topic = getattr(k.topics, name)
+        if topic in seen_topics:
+            fail(
+                f"kafka.topics.{name}",
+                f"{topic!r} is also kafka.topics.{seen_topics[topic]}; each topic has one role",
+            )
+        seen_topics[topic] = name
+    _check_security(k.security, fail)
     for name in (
         "partitions",
         "replication_factor",

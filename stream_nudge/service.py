@@ -28,7 +28,14 @@ from kafka.errors import KafkaError
 from stream_nudge.checkpoint import CheckpointError, CheckpointStore, StateDirectoryError
 from stream_nudge.config import Config
 from stream_nudge.engine import Engine, Output, restore, snapshot
-from stream_nudge.kafka import KafkaSink, KafkaSource, SinkError, ensure_topics, last_generation
+from stream_nudge.kafka import (
+    KafkaSink,
+    KafkaSource,
+    SinkError,
+    ensure_topics,
+    is_configuration_error,
+    last_generation,
+)
 from stream_nudge.observability import Metrics
 
 __all__ = ["Service"]
@@ -104,6 +111,13 @@ class Service:
                 self.metrics.close()
                 return 1
             except (KafkaError, SinkError, OSError, TimeoutError, _Restart) as exc:
+                if is_configuration_error(exc):
+                    # A setting the client refuses: the same refusal at every retry.
+                    log.error("stopping: the Kafka client refuses the configuration: %s", exc)
+                    self.metrics.fail(str(exc))
+                    self._disconnect()
+                    self.metrics.close()
+                    return 2
                 log.warning(
                     "Kafka trouble (%s: %s); retrying in %.1f s",
                     exc.__class__.__name__,

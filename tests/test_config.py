@@ -96,3 +96,52 @@ def test_yaml_syntax_errors_are_config_errors(tmp_path):
     path.write_text("method: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("security", "message"),
+    [
+        (
+            {"sasl_mechanizm": "PLAIN"},
+            "kafka.security.sasl_mechanizm: unknown key (did you mean 'sasl_mechanism'?)",
+        ),
+        ({"security_protocol": "TLS"}, "kafka.security.security_protocol: 'TLS' is not one of"),
+        (
+            {"sasl_mechanism": "PLAIN"},
+            "kafka.security.sasl_plain_username: required with sasl_mechanism PLAIN",
+        ),
+        ({"ssl_check_hostname": "yes"}, "kafka.security.ssl_check_hostname: must be true or false"),
+    ],
+)
+def test_kafka_security_is_checked_at_load_naming_the_key(security, message):
+    with pytest.raises(ConfigError) as exc:
+        load_config(overrides={"kafka": {"security": security}})
+    assert str(exc.value).startswith(message)
+
+
+def test_secrets_from_the_environment_complete_the_security_settings(monkeypatch):
+    monkeypatch.setenv("STREAM_NUDGE_KAFKA_SASL_USERNAME", "svc")
+    monkeypatch.setenv("STREAM_NUDGE_KAFKA_SASL_PASSWORD", "secret")
+    c = load_config(overrides={"kafka": {"security": {"sasl_mechanism": "SCRAM-SHA-256"}}})
+    assert c.kafka.security["sasl_plain_username"] == "svc"
+
+
+@pytest.mark.parametrize("output", ["updates", "dead_letters"])
+@pytest.mark.parametrize("input_", ["docs", "events"])
+def test_an_output_topic_that_is_an_input_topic_is_refused(output, input_):
+    with pytest.raises(ConfigError, match=rf"kafka\.topics\.{output}: 'same' is also"):
+        load_config(overrides={"kafka": {"topics": {output: "same", input_: "same"}}})
+
+
+def test_a_configuration_the_kafka_client_refuses_is_recognised_as_such():
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaTimeoutError
+
+    from stream_nudge.kafka import SinkError, is_configuration_error
+
+    with pytest.raises(Exception) as refused:
+        KafkaAdminClient(bootstrap_servers="127.0.0.1:1", bogus_setting=1)
+    assert is_configuration_error(refused.value)
+    # As the clients' processes report it, and what is not one.
+    assert is_configuration_error(SinkError(f"the producer could not start: {refused.value!r}"))
+    assert not is_configuration_error(KafkaTimeoutError("Unable to bootstrap"))

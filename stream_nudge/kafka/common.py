@@ -12,3 +12,11 @@ def client_settings(config: Config) -> dict:
         "client_id": k.client_id,
         **k.security,
     }
+
+
+def is_configuration_error(exc: BaseException) -> bool:
+    """Whether the Kafka client refused its configuration: retrying cannot help. The clients'
+    processes report errors as text (``"KafkaConfigurationError: ..."``)."""
+    from kafka.errors import KafkaConfigurationError
+
+    return isinstance(exc, KafkaConfigurationError) or "KafkaConfigurationError" in str(exc)
