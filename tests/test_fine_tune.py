@@ -259,3 +259,30 @@ def test_parity_with_the_reference_on_real_data(shared_data, name, method):
     base = retrieval_metrics(unit_rows(docs)[0], queries[test], [relevance[i] for i in test])
     for metric in ("R@1", "R@10", "NDCG@10"):
         assert base[metric] == pytest.approx(reference["no_ft"][metric], abs=0.01)
+
+
+@pytest.mark.parametrize("bad_at", [0, 1, 7, 19])
+@pytest.mark.parametrize("bad", ["x", 1.5, None, True])
+def test_a_bad_answer_list_is_named_where_it_is(bad_at, bad):
+    docs, train, train_ans, val, val_ans = random_problem(0, n_train=20)
+    answers = [[0]] * 20
+    answers[bad_at] = [bad] if bad_at % 2 else [1, bad]
+    with pytest.raises(ValueError, match=rf"first bad list: train_answers\[{bad_at}\]"):
+        fine_tune(docs, train, answers, val, val_ans)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_no_training_query_means_gamma_zero_and_nothing_moves(method):
+    docs, _, _, val, val_ans = random_problem(1)
+    result = fine_tune(docs, np.zeros((0, docs.shape[1])), [], val, val_ans, method=method)
+    assert result.gamma == 0.0 and result.nudged == 0
+    assert np.allclose(result.embeddings, unit_rows(docs)[0], atol=1e-7)
+    assert result.validation.after == result.validation.before
+
+
+def test_a_negative_weight_pushes_a_document_away_from_its_query():
+    docs = np.array([[1.0, 0.0], [0.0, 1.0]])
+    train = np.array([[0.6, 0.8]])
+    toward = fine_tune(docs, train, [[0]], train, [[0]], method="nudge-n", gamma=0.5)
+    away = fine_tune(docs, train, [[0]], train, [[0]], "nudge-n", train_weights=[-1.0], gamma=0.5)
+    assert toward.embeddings[0] @ train[0] > 0.6 > away.embeddings[0] @ train[0]

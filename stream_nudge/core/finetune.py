@@ -100,7 +100,9 @@ def fine_tune(
     objective : str
         ``"hit@K"``, ``"mrr"`` (MRR@10), ``"mrr@K"`` or ``"ndcg@K"``.
     train_weights : [n_train], optional
-        A weight per training query (default 1).
+        A weight per training query (default 1). Only each document's direction ``G_j / |G_j|``
+        matters, so weights say how much one query counts against another; a negative weight
+        pushes its documents away from that query (an explicit "not relevant").
     gamma : float, optional
         Use this gamma instead of choosing one.
     max_gamma : float, optional
@@ -402,19 +404,27 @@ def _answers(name: str, answers, n_queries: int, n_docs: int):
         )
     try:
         lengths = np.fromiter((len(a) for a in answers), dtype=np.int64, count=n_queries)
-        flat = np.asarray([x for a in answers for x in a])
+        values = [x for a in answers for x in a]
+        flat = np.asarray(values)
     except TypeError as exc:
         raise ValueError(
             f"{name}: each entry must be a list of integer document rows ({exc})"
         ) from exc
-    if flat.size and flat.dtype.kind not in "iu":
-        integral = (
-            flat.dtype.kind == "f" and np.all(np.isfinite(flat)) and np.all(flat == np.round(flat))
-        )
-        if not integral:
-            bad = int(np.searchsorted(np.cumsum(lengths), 1, side="right"))
+    if flat.size and (
+        flat.dtype.kind not in "iu" or any(isinstance(x, bool | np.bool_) for x in values)
+    ):
+        # Rows are integers (whole floats pass); name the first list holding anything else.
+        def bad(x) -> bool:
+            if isinstance(x, bool | np.bool_):
+                return True
+            if isinstance(x, int | np.integer):
+                return False
+            return not (isinstance(x, float | np.floating) and np.isfinite(x) and x == round(x))
+
+        first = next((i for i, a in enumerate(answers) if any(map(bad, a))), None)
+        if first is not None:
             raise ValueError(
-                f"{name}: document rows must be integers (first bad list: {name}[{bad}])"
+                f"{name}: document rows must be integers (first bad list: {name}[{first}])"
             )
     flat = flat.astype(np.int64) if flat.size else np.zeros(0, dtype=np.int64)
     query = np.repeat(np.arange(n_queries), lengths)

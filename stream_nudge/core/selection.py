@@ -755,6 +755,10 @@ def best_selection(
             return Selection(gamma, value, low, high)
         return Selection(_middle(low, high), value, low, high)
     g_low, g_high = float(theta_to_gamma(low)), float(theta_to_gamma(high))
+    if len(times) == 0 and at_zero() >= value - _TIE:
+        # Nothing changes anywhere on the domain (nothing nudged, or nothing any turn can
+        # reorder): no gamma beats 0, and 0 moves nothing.
+        return Selection(0.0, value, g_low, g_high)
     return Selection(_middle(g_low, g_high), value, g_low, g_high)
 
 
