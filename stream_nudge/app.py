@@ -12,7 +12,7 @@ from pathlib import Path
 from stream_nudge.config import Config
 from stream_nudge.engine import Engine
 from stream_nudge.sinks import JsonlSink, Sink
-from stream_nudge.sources import JsonlSource, Source
+from stream_nudge.sources import JsonlSource, Source, TimeOrderedSource
 
 __all__ = ["Summary", "pump", "replay", "summarize"]
 
@@ -118,7 +118,7 @@ def pump(
 class _Progress:
     """A one-line progress bar on a terminal: events/s and the time left, by bytes read."""
 
-    def __init__(self, engine: Engine, source: JsonlSource, stream=None):
+    def __init__(self, engine: Engine, source: JsonlSource | TimeOrderedSource, stream=None):
         # sys.stderr as it is now, not as it was at import (a test or a caller may replace it).
         stream = stream if stream is not None else sys.stderr
         self.engine, self.source, self.stream = engine, source, stream
@@ -155,12 +155,16 @@ def replay(
     dead_letter: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> Summary:
-    """``stream-nudge replay``: documents, then events, in file order; then a final selection."""
+    """``stream-nudge replay``: documents, then events, in file order (or both merged by time,
+    ``replay.order: time``); then a final selection."""
     started = time.perf_counter()
     if dead_letter is None:
         dead_letter = Path(str(out) + ".dead-letters.jsonl")
     engine = Engine(config)
-    source = JsonlSource(docs, events, config.limits.max_message_bytes)
+    if config.replay.order == "time":
+        source = TimeOrderedSource(docs, events, config.limits.max_message_bytes)
+    else:
+        source = JsonlSource(docs, events, config.limits.max_message_bytes)
     sink = JsonlSink(out, dead_letter)
     bar = _Progress(engine, source) if progress else None
     try:

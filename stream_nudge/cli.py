@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -64,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dead-letter",
         metavar="FILE",
         help="where bad input goes, with the reason (default: UPDATES.jsonl.dead-letters.jsonl)",
+    )
+    replay.add_argument(
+        "--order",
+        choices=["files", "time"],
+        help="files: every document, then every event (default); time: both merged by their "
+        '"ts" (config: replay.order)',
     )
     replay.add_argument(
         "--no-progress", action="store_true", help="no progress bar, even on a terminal"
@@ -185,6 +192,10 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         {"--docs": args.docs, "--events": args.events},
     ):
         return EXIT_USAGE
+    if args.order is not None:
+        config = dataclasses.replace(
+            config, replay=dataclasses.replace(config.replay, order=args.order)
+        )
     try:
         summary = replay(
             config,

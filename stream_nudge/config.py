@@ -126,6 +126,10 @@ class LimitsConfig:
 class ReplayConfig:
     #: Messages read per batch; publication happens after each batch.
     batch_size: int = 1000
+    #: "files": every document, then every event, each file in its order. "time": both files
+    #: merged by their "ts" (documents may carry one too), for logs where a document's delete
+    #: follows clicks on it.
+    order: str = "files"
     #: Warn (on stderr) when more than this share of the input lines were dead letters. A replay
     #: in which no line was valid fails whatever this says.
     warn_rejected_fraction: float = 0.5
@@ -324,6 +328,8 @@ def _check(c: Config) -> None:
         fail("publish.min_change", "must be >= 0")
     if c.publish.encoding not in ("json", "base64"):
         fail("publish.encoding", f"{c.publish.encoding!r} is not one of 'json', 'base64'")
+    if c.replay.order not in ("files", "time"):
+        fail("replay.order", f"{c.replay.order!r} is not 'files' or 'time'")
     if not 0.0 <= c.replay.warn_rejected_fraction <= 1.0:
         fail("replay.warn_rejected_fraction", "must be between 0 and 1")
     if c.pending.max_events < 0:

@@ -62,7 +62,7 @@ REASONS = (
 
 # The fields the contract names. Others are ignored, or with ``strict`` dead letters.
 KNOWN_FIELDS = {
-    "docs": frozenset(("op", "id", "embedding", "embedding_b64")),
+    "docs": frozenset(("op", "id", "embedding", "embedding_b64", "ts")),
     "events": frozenset(
         ("query_id", "query_embedding", "query_embedding_b64", "doc_id", "doc_ids")
         + ("weight", "split", "ts")

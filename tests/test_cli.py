@@ -167,3 +167,28 @@ def test_a_replay_that_rejects_every_line_fails_and_one_that_rejects_most_warns(
     assert main(["replay", "--docs", str(docs), "--events", str(twice), "--out", out]) == 0
     captured = capsys.readouterr()
     assert "re-delivered    2 pairs ignored" in captured.out and captured.err == ""
+
+
+@pytest.mark.parametrize("order", ["files", "time"])
+def test_replay_in_time_order_applies_clicks_before_the_delete_that_follows_them(tmp_path, order):
+    from streams import event_message
+
+    from stream_nudge.app import replay
+    from stream_nudge.config import load_config
+
+    lines = [
+        b'{"op": "upsert", "id": "d1", "embedding": [1.0, 0.0], "ts": 0}',
+        b'{"op": "upsert", "id": "d2", "embedding": [0.0, 1.0], "ts": 0}',
+        b'{"op": "delete", "id": "d1", "ts": 10}',
+        b'{"op": "upsert", "id": "d1", "embedding": [0.7, 0.7], "ts": 20}',
+    ]
+    docs = tmp_path / "d.jsonl"
+    docs.write_bytes(b"\n".join(lines) + b"\n")
+    events = tmp_path / "e.jsonl"
+    clicks = [event_message(f"q{i}", [0.0, 1.0], "d1", "train", ts=5.0 + i) for i in range(3)]
+    events.write_bytes(b"\n".join(clicks) + b"\n")
+    config = load_config(overrides={"replay": {"order": order}, "gamma": {"every_events": 0}})
+    engine_summary = replay(config, docs, events, tmp_path / "u.jsonl", progress=False)
+    assert engine_summary.documents == 2
+    # In file order the delete comes first: the clicks meant for the old d1 move the new one.
+    assert engine_summary.nudged == (1 if order == "files" else 0)

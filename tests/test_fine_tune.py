@@ -264,7 +264,7 @@ def test_parity_with_the_reference_on_real_data(shared_data, name, method):
 @pytest.mark.parametrize("bad_at", [0, 1, 7, 19])
 @pytest.mark.parametrize("bad", ["x", 1.5, None, True])
 def test_a_bad_answer_list_is_named_where_it_is(bad_at, bad):
-    docs, train, train_ans, val, val_ans = random_problem(0, n_train=20)
+    docs, train, _, val, val_ans = random_problem(0, n_train=20)
     answers = [[0]] * 20
     answers[bad_at] = [bad] if bad_at % 2 else [1, bad]
     with pytest.raises(ValueError, match=rf"first bad list: train_answers\[{bad_at}\]"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -66,3 +67,46 @@ def test_records_match_a_line_by_line_reading(
     assert [(r.topic, r.value, r.position["line"]) for r in got] == want
     assert {r.position["file"] for r in got} <= {"docs.jsonl", "events.jsonl"}
     assert source.bytes_read == source.bytes_total
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.one_of(st.none(), st.integers(0, 20)), max_size=30),
+    st.lists(st.one_of(st.none(), st.integers(0, 20)), max_size=30),
+    st.integers(1, 7),
+)
+def test_time_order_merges_both_logs_by_ts_keeping_each_files_order(
+    tmp_path_factory, docs_ts, events_ts, batch
+):
+    from stream_nudge.sources import TimeOrderedSource
+
+    tmp = tmp_path_factory.mktemp("logs")
+
+    def lines(prefix, times):
+        out = []
+        for n, ts in enumerate(times):
+            body = {"id": f"{prefix}{n}"} if ts is None else {"id": f"{prefix}{n}", "ts": ts}
+            out.append(orjson.dumps(body))
+        return out
+
+    (tmp / "d.jsonl").write_bytes(b"".join(x + b"\n" for x in lines("d", docs_ts)))
+    (tmp / "e.jsonl").write_bytes(b"".join(x + b"\n" for x in lines("e", events_ts)))
+    source = TimeOrderedSource(tmp / "d.jsonl", tmp / "e.jsonl")
+    got = []
+    while (records := source.next_batch(batch)) is not None:
+        got.extend(orjson.loads(r.value)["id"] for r in records)
+    source.close()
+
+    # Oracle: each line's time is the latest ts so far in its file; a stable sort by (time,
+    # documents first) of the two files' lines in file order.
+    def timed(prefix, times, rank):
+        clock, out = float("-inf"), []
+        for n, ts in enumerate(times):
+            clock = max(clock, ts) if ts is not None else clock
+            out.append((clock, rank, f"{prefix}{n}"))
+        return out
+
+    expected = [
+        x[2] for x in sorted(timed("d", docs_ts, 0) + timed("e", events_ts, 1), key=lambda x: x[:2])
+    ]
+    assert got == expected
