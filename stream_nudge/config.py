@@ -36,10 +36,6 @@ class ValidationConfig:
     window: int = 2000
     #: A query leaving the window joins the training sums, so no click is wasted.
     fold_evicted: bool = True
-    #: A query belongs to one split: a later event of a query id with the other split is a dead
-    #: letter ("split_conflict"). At least the latest half of this many query ids are remembered
-    #: (about 150 bytes each, checkpointed).
-    remember_queries: int = 200_000
 
 
 @dataclass(frozen=True)
@@ -101,10 +97,14 @@ class ContractConfig:
 
 
 @dataclass(frozen=True)
-class DedupeConfig:
-    #: A (query_id, doc_id) pair counts once: a re-delivered event changes nothing. At least the
-    #: latest half of this many distinct pairs are remembered (about 75 bytes each); 0: off.
-    max_pairs: int = 1_000_000
+class QueriesConfig:
+    #: Each recent query id's split and the documents it named are remembered: a query belongs
+    #: to one split (a later event with the other is a "split_conflict" dead letter), and a
+    #: re-delivered (query_id, doc_id) pair changes nothing. At least the latest half of this
+    #: many query ids (about 250 bytes each, checkpointed).
+    remember: int = 200_000
+    #: False: a repeated (query_id, doc_id) pair counts again.
+    dedupe: bool = True
 
 
 @dataclass(frozen=True)
@@ -218,7 +218,7 @@ class Config:
     decay: DecayConfig = field(default_factory=DecayConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     pending: PendingConfig = field(default_factory=PendingConfig)
-    dedupe: DedupeConfig = field(default_factory=DedupeConfig)
+    queries: QueriesConfig = field(default_factory=QueriesConfig)
     contract: ContractConfig = field(default_factory=ContractConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
@@ -338,10 +338,8 @@ def _check(c: Config) -> None:
         age = getattr(c.pending, key)
         if age is not None and not (age > 0 and math.isfinite(age)):
             fail(f"pending.{key}", "must be a positive number or null")
-    if c.validation.remember_queries < 2:
-        fail("validation.remember_queries", "must be >= 2")
-    if c.dedupe.max_pairs < 0 or c.dedupe.max_pairs == 1:
-        fail("dedupe.max_pairs", "must be 0 (off) or >= 2")
+    if c.queries.remember < 2:
+        fail("queries.remember", "must be >= 2")
     for name in ("max_message_bytes", "max_dimension", "max_doc_ids"):
         if getattr(c.limits, name) < 1:
             fail(f"limits.{name}", "must be >= 1")

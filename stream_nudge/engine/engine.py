@@ -22,7 +22,7 @@ from stream_nudge.core.geometry import nudge_m, nudge_n, unit_rows
 from stream_nudge.core.objectives import parse_objective
 from stream_nudge.engine.pending import PendingClicks, Waiting
 from stream_nudge.engine.scores import SelectionCache
-from stream_nudge.engine.seen import QuerySplits, SeenPairs
+from stream_nudge.engine.seen import QueryMemory
 from stream_nudge.engine.state import Decay, DocumentTable
 from stream_nudge.engine.window import ValidationWindow
 from stream_nudge.messages import (
@@ -188,8 +188,6 @@ class Engine:
         self._decay = (
             Decay(c.decay.half_life_events, c.decay.half_life_seconds) if c.decay.enabled else None
         )
-        # (query id, document id) pairs applied: a re-delivered event changes nothing.
-        self.seen = SeenPairs(c.dedupe.max_pairs) if c.dedupe.max_pairs else None
         self.gamma = 0.0
         self.generation = 0
         self.events = 0
@@ -202,8 +200,9 @@ class Engine:
         self._fraction = c.validation.fraction
         # is_validation's rule, with its threshold computed once: the hash is per event.
         self._validation_below = c.validation.fraction * 2.0**64
-        # Each recent query's split: a query belongs to one split.
-        self.splits = QuerySplits(c.validation.remember_queries)
+        # Each recent query's split and the documents it named: a query belongs to one split,
+        # and a re-delivered event changes nothing.
+        self.queries = QueryMemory(c.queries.remember)
         self.dead_letters: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
         # Since the last publication:
@@ -355,7 +354,10 @@ class Engine:
         every_events, every_seconds = gamma.every_events, gamma.every_seconds
         decay = self._decay
         get_row = self.docs.row_of.get
-        split_of, remember = self.splits.get, self.splits.put
+        memory = self.queries
+        memory.make_room()
+        recent, older = memory.current, memory.previous.get
+        dedupe = self.config.queries.dedupe
         below = self._validation_below
         clicks = self._clicks
         click_row, click_weight, click_pick = (
@@ -364,7 +366,6 @@ class Engine:
             clicks.picks.append,
         )
         click_when = clicks.whens.append
-        fresh = self.seen.fresh if self.seen is not None else None
         events, since, train = self.events, self.events_since_selection, 0
         duplicates = redelivered = 0
         try:
@@ -373,29 +374,34 @@ class Engine:
                 if event.__class__ is not tuple:
                     break
                 query_id, doc_ids, weight, split, ts = event
-                # A query belongs to one split: its first event's (given or by the stable hash).
-                known = split_of(query_id)
-                if known is None:
+                # A query belongs to one split (its first event's, given or by the stable hash),
+                # and a (query, document) pair counts once (see seen.py).
+                entry = recent.get(query_id) or older(query_id)
+                if entry is None:
                     if split is None:
                         # is_validation(), with its threshold computed once.
                         split = "validation" if query_hash(query_id) < below else "train"
-                    remember(query_id, split)
-                elif split is None:
-                    split = known
-                elif split != known:
-                    self._split_conflict(query_id, split, known, records[at], out)
-                    at += 1
-                    continue
-                if fresh is not None:
-                    new_ids = fresh(query_id, doc_ids)
-                    if new_ids is not doc_ids:
-                        duplicates += len(doc_ids) - len(new_ids)
-                        if not new_ids:
-                            # A re-delivery: not an event at all (no count, no clock, no selection).
-                            redelivered += 1
-                            at += 1
-                            continue
-                        doc_ids = new_ids
+                    recent[query_id] = (split, doc_ids)
+                else:
+                    known, named = entry
+                    if split is None:
+                        split = known
+                    elif split != known:
+                        self._split_conflict(query_id, split, known, records[at], out)
+                        at += 1
+                        continue
+                    if dedupe:
+                        new_ids = tuple(d for d in doc_ids if d not in named)
+                        if len(new_ids) < len(doc_ids):
+                            duplicates += len(doc_ids) - len(new_ids)
+                            if not new_ids:
+                                # A re-delivery: not an event (no count, no clock, no selection).
+                                redelivered += 1
+                                at += 1
+                                continue
+                            doc_ids = new_ids
+                        named = named + doc_ids
+                    recent[query_id] = (known, named)
                 events += 1
                 since += 1
                 if ts is None:
@@ -759,9 +765,7 @@ def snapshot(engine: Engine) -> tuple[dict[str, np.ndarray], dict]:
             "answers": window.answers,
             "order": list(window.order),
         }
-    if engine.seen is not None:
-        arrays.update(engine.seen.to_state())
-    meta.update(engine.splits.to_state())
+    meta.update(engine.queries.to_state())
     pending_arrays, pending_meta = engine.pending.to_state()
     arrays.update(pending_arrays)
     meta.update(pending_meta)
@@ -836,8 +840,6 @@ def restore(config: Config, arrays: dict[str, np.ndarray], meta: dict) -> Engine
                 for doc_id in answers:
                     window.answer_slots.setdefault(doc_id, set()).add(slot)
         window._unit_stale = list(window.slot_of.values())
-    if engine.seen is not None:
-        engine.seen = SeenPairs.from_state(engine.seen.capacity, arrays)
-    engine.splits = QuerySplits.from_state(engine.splits.capacity, meta)
+    engine.queries = QueryMemory.from_state(engine.queries.capacity, meta)
     engine.pending.restore(arrays, meta, now)
     return engine
