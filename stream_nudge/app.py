@@ -29,6 +29,9 @@ class Summary:
     dead_letters: dict[str, int] = field(default_factory=dict)
     valid: int = 0  # input records that were not dead letters
     duplicates: int = 0  # re-delivered (query, document) pairs, ignored
+    tombstones: int = 0  # of the updates, deleted documents
+    dimension: int | None = None
+    dimension_from: str | None = None  # where the first valid vector was
     pending: int = 0  # clicks still waiting for their document
     pending_documents: int = 0  # ... for this many document ids
     updates: int = 0
@@ -49,27 +52,38 @@ class Summary:
             if self.before is not None
             else f"{self.objective}: no validation queries with known answers"
         )
-        dead = ", ".join(f"{k} {v}" for k, v in sorted(self.dead_letters.items())) or "none"
-        rate = self.events / self.seconds if self.seconds > 0 else 0.0
+        dead = ", ".join(f"{k} {v:,}" for k, v in sorted(self.dead_letters.items())) or "none"
+        records = self.valid + self.rejected
+        rate = records / self.seconds if self.seconds > 0 else 0.0
+        dimension = (
+            f"{self.dimension} (from {self.dimension_from})"
+            if self.dimension is not None
+            else "none (no valid vector)"
+        )
         return [
-            f"events          {self.events} ({rate:,.0f}/s)",
-            f"documents       {self.documents} ({self.nudged} nudged)",
-            f"gamma           {self.gamma:.6g} ({self.selections} selections)",
+            f"events          {self.events:,}",
+            f"documents       {self.documents:,} ({self.nudged:,} nudged)",
+            f"dimension       {dimension}",
+            f"gamma           {self.gamma:.6g} ({_count(self.selections, 'selection')})",
             score,
-            f"updates         {self.updates}",
-            f"dead letters    {sum(self.dead_letters.values())} ({dead})",
-            *([f"re-delivered    {self.duplicates} pairs ignored"] if self.duplicates else []),
+            f"updates         {self.updates:,} ({_count(self.tombstones, 'tombstone')})",
+            f"dead letters    {self.rejected:,} ({dead})",
+            *([f"re-delivered    {self.duplicates:,} pairs ignored"] if self.duplicates else []),
             *(
                 [
-                    f"pending         {self.pending} clicks still wait for "
-                    f"{self.pending_documents} documents that never arrived "
+                    f"pending         {self.pending:,} clicks still wait for "
+                    f"{self.pending_documents:,} documents that never arrived "
                     "(pending.dead_letter_at_end: true writes them to the dead letters)"
                 ]
                 if self.pending
                 else []
             ),
-            f"wall time       {self.seconds:.2f} s",
+            f"wall time       {self.seconds:.2f} s ({rate:,.0f} input lines/s)",
         ]
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def summarize(engine: Engine, seconds: float) -> Summary:
@@ -85,11 +99,14 @@ def summarize(engine: Engine, seconds: float) -> Summary:
         after=last.value_after if last else None,
         dead_letters=dict(engine.dead_letters),
         duplicates=engine.counts["duplicate_pairs"],
+        tombstones=engine.counts["tombstones"],
+        dimension=engine.decoder.dimension,
+        dimension_from=engine.decoder.dimension_from,
         pending=engine.pending_count,
         pending_documents=engine.pending.documents,
         valid=sum(engine.counts[k] for k in ("upserts", "deletes", "duplicate_events"))
         + engine.events,
-        updates=engine.counts["updates"],
+        updates=engine.counts["updates"] + engine.counts["tombstones"],
         selections=engine.counts["selections"],
         seconds=seconds,
     )
@@ -134,10 +151,15 @@ class _Progress:
         elapsed = max(now - self.started, 1e-9)
         done = self.source.bytes_read / max(self.source.bytes_total, 1)
         eta = elapsed * (1 - done) / done if done > 0 else float("nan")
-        rate = self.engine.events / elapsed
+        # Documents load first: count every record, not only events.
+        e = self.engine
+        records = (
+            e.events + e.counts["upserts"] + e.counts["deletes"] + sum(e.dead_letters.values())
+        )
+        rate = records / elapsed
         bar = "#" * int(30 * done)
         self.stream.write(
-            f"\r[{bar:<30}] {100 * done:5.1f}%  {rate:,.0f} events/s  ETA {eta:5.1f} s "
+            f"\r[{bar:<30}] {100 * done:5.1f}%  {rate:,.0f} records/s  ETA {eta:5.1f} s "
         )
         self.stream.flush()
 

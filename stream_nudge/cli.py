@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import math
 import os
 import sys
@@ -18,6 +17,27 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 CONFIG_ENV = "STREAM_NUDGE_CONFIG"
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_LEVEL_ENV = "STREAM_NUDGE_LOG_LEVEL"
+
+
+def _log_level_arg(p: argparse.ArgumentParser, default) -> None:
+    p.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=default,
+        help=f"logging level (env: {LOG_LEVEL_ENV}; default: the config's logging.level, WARNING)",
+    )
+
+
+def _log_level(args, config) -> str:
+    """The flag (before or after the subcommand), else the environment, else the config."""
+    if args.log_level is not None:
+        return args.log_level
+    return os.environ.get(LOG_LEVEL_ENV, "").upper() or config.logging.level.upper()
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -35,18 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Online NUDGE fine-tuning of document embeddings from a stream of clicks.",
     )
     parser.add_argument("--version", action="version", version=f"stream-nudge {__version__}")
-    parser.add_argument(
-        "--log-level",
-        default=os.environ.get("STREAM_NUDGE_LOG_LEVEL", "WARNING"),
-        help="logging level (env: STREAM_NUDGE_LOG_LEVEL; default WARNING)",
-    )
+    _log_level_arg(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # --log-level also after the subcommand (where users put it); there it overrides the other.
+    common = argparse.ArgumentParser(add_help=False)
+    _log_level_arg(common, argparse.SUPPRESS)
 
-    demo = sub.add_parser("demo", help="run the engine on a synthetic stream and print the gain")
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="run the engine on a synthetic stream and print the gain",
+    )
     _config_arg(demo)
 
     replay = sub.add_parser(
         "replay",
+        parents=[common],
         help="run the engine over JSONL logs: documents, then events, then a final selection",
     )
     replay.add_argument(
@@ -79,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
+        parents=[common],
         help="the long-lived Kafka consumer: docs + events topics in, updates topic out",
         description="Consume documents and events from Kafka, publish changed embeddings. "
         "Environment: STREAM_NUDGE_KAFKA_BOOTSTRAP overrides kafka.bootstrap_servers; "
@@ -87,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(run)
     evaluate = sub.add_parser(
         "evaluate",
+        parents=[common],
         help="measure retrieval gains on held-out test queries: tables, JSON, Markdown, plots",
         description="Compare no fine-tuning, batch NUDGE-M/N and the streaming engine on test "
         "queries (R@1, R@10, NDCG@10, MRR), with a learning curve. The test file is JSONL: "
@@ -150,10 +176,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
@@ -164,12 +186,21 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"stream-nudge {args.command}: bad configuration: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    level = _log_level(args, config)
+    if level not in LOG_LEVELS:
+        print(
+            f"stream-nudge {args.command}: {LOG_LEVEL_ENV}={level!r} is not one of "
+            f"{', '.join(LOG_LEVELS)}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    from stream_nudge.observability import setup_logging
+
+    setup_logging(level, config.logging.format)
 
     if args.command == "run":
-        from stream_nudge.observability import setup_logging
         from stream_nudge.service import Service
 
-        setup_logging(config.logging.level, config.logging.format)
         return Service(config).run()
 
     if args.command == "evaluate":
@@ -186,6 +217,8 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if _missing_file("replay", args, ("docs", "events")):
         return EXIT_USAGE
     dead_letter = args.dead_letter or args.out + ".dead-letters.jsonl"
+    if _no_folder("replay", {"--out": args.out, "--dead-letter": dead_letter}):
+        return EXIT_USAGE
     if _clobbers(
         "replay",
         {"--out": args.out, "--dead-letter": dead_letter},
@@ -262,8 +295,27 @@ def _missing_file(command: str, args, names) -> bool:
     """Say so (and return True) if one of the files named by these options does not exist."""
     for name in names:
         path = getattr(args, name)
+        if os.path.isdir(path):
+            print(
+                f"stream-nudge {command}: --{name}: {path} is a directory, not a file",
+                file=sys.stderr,
+            )
+            return True
         if not os.path.isfile(path):
             print(f"stream-nudge {command}: --{name}: no such file: {path}", file=sys.stderr)
+            return True
+    return False
+
+
+def _no_folder(command: str, outputs: dict[str, str]) -> bool:
+    """Say so (and return True) if an output's folder does not exist (before any work)."""
+    for flag, path in outputs.items():
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            print(
+                f"stream-nudge {command}: {flag}: the folder {folder} does not exist",
+                file=sys.stderr,
+            )
             return True
     return False
 

@@ -132,6 +132,8 @@ class Decoder:
         strict: bool = False,
     ):
         self.dimension = dimension
+        # Where the stream's dimension came from: the first valid vector's record position.
+        self.dimension_from = None if dimension is None else "the configuration"
         # With strict, a field the contract does not name makes the record a dead letter.
         self.strict = strict
         self.max_message_bytes = max_message_bytes
@@ -195,6 +197,8 @@ class Decoder:
             start = 0
             while self.dimension is None and start < len(records):
                 out.append(self._one(records[start]))
+                if self.dimension is not None:
+                    self.dimension_from = _where(records[start])
                 start += 1
             vectors = np.empty((len(records), self.dimension or 0), dtype=np.float32)
             if start < len(records):
@@ -236,7 +240,10 @@ class Decoder:
                 bytes(value).decode("utf-8")
             except UnicodeDecodeError:
                 raise _Reject("invalid_utf8", "not UTF-8") from None
-            raise _Reject("invalid_json", str(exc)) from None
+            # orjson counts lines within the message, always line 1 of a JSONL line: the
+            # column says where, the record's position which line of the file.
+            where = f"at column {exc.colno}" if exc.lineno == 1 else f"at {exc.lineno}:{exc.colno}"
+            raise _Reject("invalid_json", f"{exc.msg} {where}") from None
         if not isinstance(obj, dict):
             raise _Reject("not_an_object", f"a JSON {type(obj).__name__}, not an object")
         return obj
@@ -500,6 +507,14 @@ def _event_fields(query_id, doc_id, weight, split, ts, max_weight: float):
 
 
 _local = threading.local()
+
+
+def _where(record: Record) -> str:
+    """A record's place, for people: ``docs.jsonl line 3``, or its topic and position."""
+    position = record.position
+    if isinstance(position, dict) and "file" in position:
+        return f"{position['file']} line {position['line']}"
+    return f"{record.topic} {position}" if position is not None else record.topic
 
 
 def _simdjson_parser() -> simdjson.Parser:

@@ -73,6 +73,9 @@ class Service:
 
     def run(self) -> int:
         """Run until stopped; 0 on a clean stop, 1 if the state cannot be restored or saved."""
+        # First of all: from here on a SIGTERM ends the service cleanly.
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
         try:
             self.store.claim()
         except StateDirectoryError as exc:
@@ -84,8 +87,6 @@ class Service:
             self.store.release()
 
     def _run(self) -> int:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
         m = self.config.metrics
         if m.port:
             self.metrics_port = self.metrics.serve(m.host, m.port)

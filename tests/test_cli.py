@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import orjson
 import pytest
 
 from stream_nudge import __version__
@@ -192,3 +193,62 @@ def test_replay_in_time_order_applies_clicks_before_the_delete_that_follows_them
     assert engine_summary.documents == 2
     # In file order the delete comes first: the clicks meant for the old d1 move the new one.
     assert engine_summary.nudged == (1 if order == "files" else 0)
+
+
+def test_log_level_before_or_after_the_subcommand_and_from_the_config(tmp_path, capsys):
+    from streams import event_message
+
+    docs, events = _logs(tmp_path)
+    # A validation query, so that a selection runs and logs its line at INFO.
+    with events.open("ab") as f:
+        f.write(event_message("v", [1.0, 1.0], "d1", "validation") + b"\n")
+    config = tmp_path / "c.yaml"
+    config.write_text("logging:\n  level: INFO\ngamma:\n  every_events: 0\n")
+    args = ["replay", "--docs", str(docs), "--events", str(events), "--out", str(tmp_path / "u")]
+    assert main([*args, "--config", str(config), "--no-progress"]) == 0
+    assert "engine: gamma" in capsys.readouterr().err  # the config's INFO
+    assert main([*args, "--config", str(config), "--log-level", "warning"]) == 0
+    assert "engine: gamma" not in capsys.readouterr().err  # the flag, after the subcommand
+    assert main(["--log-level", "INFO", *args]) == 0
+    assert "engine: gamma" in capsys.readouterr().err  # and before it
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--log-level", "LOUD"])
+    assert exc.value.code == 2 and "invalid choice: 'LOUD'" in capsys.readouterr().err
+
+
+def test_paths_are_checked_before_work_naming_the_flag(tmp_path, capsys):
+    docs, events = _logs(tmp_path)
+    base = ["replay", "--events", str(events)]
+    assert main([*base, "--docs", str(tmp_path), "--out", str(tmp_path / "u")]) == 2
+    assert f"--docs: {tmp_path} is a directory, not a file" in capsys.readouterr().err
+    missing = tmp_path / "nowhere" / "u.jsonl"
+    assert main([*base, "--docs", str(docs), "--out", str(missing)]) == 2
+    assert f"--out: the folder {missing.parent} does not exist" in capsys.readouterr().err
+
+
+def test_the_replay_summary_reads_right(tmp_path, capsys):
+    from streams import delete_message, doc_message, event_message
+
+    docs = tmp_path / "d.jsonl"
+    docs.write_bytes(
+        b"\n".join([doc_message(f"d{i}", [1.0, i]) for i in range(3)] + [delete_message("d2")])
+        + b"\n"
+    )
+    events = tmp_path / "e.jsonl"
+    good = [event_message(f"q{i}", [1.0, 2.0 + i], "d1", "train") for i in range(1200)]
+    events.write_bytes(b"\n".join([b'{"query_id": "x", "query_embedding": [1, 2]', *good]) + b"\n")
+    out = tmp_path / "u.jsonl"
+    config = tmp_path / "c.yaml"
+    config.write_text("gamma:\n  every_events: 0\n")
+    assert main(["replay", "--docs", str(docs), "--events", str(events), "--out", str(out),
+                 "--config", str(config)]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "events          1,200\n" in text
+    assert f"dimension       2 (from {docs.name} line 1)" in text
+    assert "(0 selections)" in text  # no validation query: nothing to select on
+    assert "updates         1 (1 tombstone)" in text  # the delete's, counted
+    assert "wall time" in text and "input lines/s" in text
+    letter = orjson.loads((tmp_path / "u.jsonl.dead-letters.jsonl").read_bytes())
+    # The dead letter names the file's line; its detail no longer says "line 1" of the message.
+    assert letter["position"]["line"] == 1 and "line 1" not in letter["detail"]
+    assert "at column" in letter["detail"]

@@ -337,6 +337,7 @@ class Engine:
         self._changed.discard(row)
         self._forced.discard(row)
         self.generation += 1
+        self.counts["tombstones"] += 1
         out.tombstones.append(
             (doc.id, None, encode_tombstone(doc.id, self.generation), self.generation)
         )
