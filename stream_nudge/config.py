@@ -430,13 +430,19 @@ ENV_OVERRIDES = {
     "STREAM_NUDGE_KAFKA_SSL_PASSWORD": ("kafka", "security", "ssl_password"),
     # Deploy files set the state directory here, whatever config file is mounted.
     "STREAM_NUDGE_STATE_DIR": ("checkpoint", "directory"),
+    # ... and the metrics port, which the container's health check reads too.
+    "STREAM_NUDGE_METRICS_PORT": ("metrics", "port"),
 }
+# Overrides that are whole numbers (a value that is not one is left for the check to refuse).
+_INT_ENV = frozenset(("STREAM_NUDGE_METRICS_PORT",))
 
 
 def env_overrides(environ) -> dict:
     out: dict = {}
     for name, path in ENV_OVERRIDES.items():
         value = environ.get(name)
+        if value and name in _INT_ENV and value.strip().isdigit():
+            value = int(value)
         if value:
             node = out
             for key in path[:-1]:

@@ -55,3 +55,42 @@ def test_kubernetes_state_is_its_volume():
     assert env["STREAM_NUDGE_STATE_DIR"] == STATE
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts["state"] == STATE
+
+
+def test_compose_serves_host_producers_keeps_kafka_data_and_waits_for_the_last_checkpoint():
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yaml").read_text())
+    kafka = compose["services"]["kafka"]
+    env = kafka["environment"]
+    advertised = dict(x.split("://") for x in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    # The port published to the host is a listener advertised at an address the host reaches.
+    host_port = kafka["ports"][0].split(":")[-1]
+    assert any(
+        a.endswith(f":{host_port}") and a.startswith("127.0.0.1") for a in advertised.values()
+    )
+    assert any(v.startswith("kafka-data:") for v in kafka["volumes"])
+    service = compose["services"]["stream-nudge"]
+    assert service["stop_grace_period"] == "2m"
+    assert (
+        service["environment"]["STREAM_NUDGE_KAFKA_BOOTSTRAP"]
+        == f"kafka:{advertised['INTERNAL'].split(':')[1]}"
+    )
+
+
+def test_the_image_health_check_reads_the_metrics_port_the_service_uses(monkeypatch):
+    text = (DEPLOY / "Dockerfile").read_text()
+    port = re.search(r"^ENV STREAM_NUDGE_METRICS_PORT=(\d+)$", text, re.M).group(1)
+    health = re.search(r"^HEALTHCHECK .*$", text, re.M).group(0)
+    assert "STREAM_NUDGE_METRICS_PORT" in health and "9108" not in health
+    monkeypatch.setenv("STREAM_NUDGE_METRICS_PORT", port)
+    assert load_config().metrics.port == int(port)
+    ignored = (DEPLOY.parent / ".dockerignore").read_text().split()
+    assert ".venv/" in ignored and ".git/" in ignored
+
+
+def test_kubernetes_does_not_pull_an_image_no_registry_serves_and_systemd_installs_from_a_checkout():
+    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "stream-nudge.yaml").read_text()))
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["imagePullPolicy"] == "IfNotPresent"
+    unit = (DEPLOY / "systemd" / "stream-nudge.service").read_text()
+    assert "pip install stream-nudge" not in unit and "pip install /opt/src/stream-nudge" in unit
