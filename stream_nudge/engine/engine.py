@@ -286,6 +286,79 @@ class Engine:
         does at the end of input, for a live source that has gone idle."""
         return self.finish()
 
+    # --- state ----------------------------------------------------------------------------------
+
+    def to_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """The engine's whole state as named arrays plus JSON-able metadata.
+
+        Taken between batches (nothing buffered, nothing waiting to be published); each part
+        (documents, window, pending clicks, query memory) writes its own. Caches are left out:
+        a restored engine computes its first selection from scratch.
+        """
+        self._flush()
+        arrays: dict[str, np.ndarray] = {}
+        meta: dict = {
+            "gamma": self.gamma,
+            "generation": self.generation,
+            "events": self.events,
+            "events_since_selection": self.events_since_selection,
+            "clock": self.clock,
+            "first_clock": self.first_clock,
+            "last_selection_clock": self.last_selection_clock,
+            "dead_letters": dict(self.dead_letters),
+            "counts": dict(self.counts),
+            "dimension": self.decoder.dimension,
+            "changed": sorted(self._changed),
+            "forced": sorted(self._forced),
+            "gamma_changed": self._gamma_changed,
+            "leave_caches": sorted(self._leave_caches),
+            "enter_caches": sorted(self._enter_caches),
+        }
+        if self.docs is not None:
+            doc_arrays, doc_meta = self.docs.to_state()
+            arrays.update(doc_arrays)
+            meta.update(doc_meta)
+            window_arrays, meta["window"] = self.window.to_state()
+            arrays.update(window_arrays)
+        pending_arrays, pending_meta = self.pending.to_state()
+        arrays.update(pending_arrays)
+        meta.update(pending_meta)
+        meta.update(self.queries.to_state())
+        return arrays, meta
+
+    @classmethod
+    def from_state(cls, config: Config, arrays: dict[str, np.ndarray], meta: dict) -> Engine:
+        """An engine in the state :meth:`to_state` recorded."""
+        engine = cls(config)
+        engine.gamma = float(meta["gamma"])
+        engine.generation = int(meta["generation"])
+        engine.events = int(meta["events"])
+        engine.events_since_selection = int(meta["events_since_selection"])
+        engine.clock = meta["clock"]
+        engine.first_clock = meta.get("first_clock", meta["clock"])
+        # Checkpoints from before decay held no click times: what they hold counts as of now.
+        now = (float(engine.events), engine.clock if engine.clock is not None else math.nan)
+        engine.last_selection_clock = meta["last_selection_clock"]
+        engine.dead_letters = Counter(meta["dead_letters"])
+        engine.counts = Counter(meta["counts"])
+        engine.decoder.dimension = meta["dimension"]
+        if engine.decoder.dimension is not None:
+            engine.decoder.dimension_from = "the checkpoint"
+        engine._changed = set(meta["changed"])
+        engine._forced = set(meta["forced"])
+        engine._gamma_changed = bool(meta["gamma_changed"])
+        engine._leave_caches = set(meta["leave_caches"])
+        engine._enter_caches = set(meta["enter_caches"])
+        if "originals" in arrays:
+            engine._start(arrays["originals"].shape[1])
+            engine.docs = DocumentTable.from_state(arrays, meta, engine._decay, now)
+            engine.window = ValidationWindow.from_state(
+                arrays, meta["window"], engine.objective.k, config.validation.window, now
+            )
+        engine.pending.restore(arrays, meta, now)
+        engine.queries = QueryMemory.from_state(config.queries.remember, meta)
+        return engine
+
     # --- applying input -----------------------------------------------------------------------
 
     def _start(self, dim: int) -> None:
@@ -712,135 +785,10 @@ class Engine:
 
 
 def snapshot(engine: Engine) -> tuple[dict[str, np.ndarray], dict]:
-    """The engine's whole state as named arrays plus JSON-able metadata.
-
-    Taken between batches (nothing buffered, nothing waiting to be published). Restored by
-    :func:`restore`; the pair is what a checkpoint stores.
-    """
-    engine._flush()
-    arrays: dict[str, np.ndarray] = {}
-    meta: dict = {
-        "gamma": engine.gamma,
-        "generation": engine.generation,
-        "events": engine.events,
-        "events_since_selection": engine.events_since_selection,
-        "clock": engine.clock,
-        "first_clock": engine.first_clock,
-        "last_selection_clock": engine.last_selection_clock,
-        "dead_letters": dict(engine.dead_letters),
-        "counts": dict(engine.counts),
-        "dimension": engine.decoder.dimension,
-        "changed": sorted(engine._changed),
-        "forced": sorted(engine._forced),
-        "gamma_changed": engine._gamma_changed,
-        "leave_caches": sorted(engine._leave_caches),
-        "enter_caches": sorted(engine._enter_caches),
-    }
-    docs = engine.docs
-    if docs is not None:
-        n, s = docs.n_rows, docs.n_slots
-        arrays.update(
-            originals=docs.originals[:n],
-            alive=docs.alive[:n],
-            slot_of=docs.slot_of[:n],
-            sums=docs.sums[:s],
-            clicks=docs.clicks[:s],
-            published=docs.published[:s],
-            has_published=docs.has_published[:s],
-            row_of_slot=docs.row_of_slot[:s],
-            stamps=docs.stamps[:s],
-            free_rows=np.array(docs.free_rows, dtype=np.int64),
-            free_slots=np.array(docs.free_slots, dtype=np.int64),
-        )
-        meta["ids"] = docs.ids[:n]
-        window = engine.window
-        arrays.update(
-            window_raw=window.raw,
-            window_cache_rows=window.cache_rows,
-            window_cache_scores=window.cache_scores,
-            window_floor=window.floor,
-            window_born=window.born,
-        )
-        meta["window"] = {
-            "query_ids": window.query_ids,
-            "answers": window.answers,
-            "order": list(window.order),
-        }
-    meta.update(engine.queries.to_state())
-    pending_arrays, pending_meta = engine.pending.to_state()
-    arrays.update(pending_arrays)
-    meta.update(pending_meta)
-    return arrays, meta
+    """``engine.to_state()``: what a checkpoint stores."""
+    return engine.to_state()
 
 
 def restore(config: Config, arrays: dict[str, np.ndarray], meta: dict) -> Engine:
-    """An engine in the state :func:`snapshot` recorded."""
-    engine = Engine(config)
-    engine.gamma = float(meta["gamma"])
-    engine.generation = int(meta["generation"])
-    engine.events = int(meta["events"])
-    engine.events_since_selection = int(meta["events_since_selection"])
-    engine.clock = meta["clock"]
-    engine.first_clock = meta.get("first_clock", meta["clock"])
-    # Checkpoints from before decay existed hold no click times: what they hold counts as of now.
-    now = (float(engine.events), engine.clock if engine.clock is not None else math.nan)
-    engine.last_selection_clock = meta["last_selection_clock"]
-    engine.dead_letters = Counter(meta["dead_letters"])
-    engine.counts = Counter(meta["counts"])
-    engine.decoder.dimension = meta["dimension"]
-    engine._changed = set(meta["changed"])
-    engine._forced = set(meta["forced"])
-    engine._gamma_changed = bool(meta["gamma_changed"])
-    engine._leave_caches = set(meta["leave_caches"])
-    engine._enter_caches = set(meta["enter_caches"])
-    if "originals" in arrays:
-        dim = arrays["originals"].shape[1]
-        engine._start(dim)
-        docs = engine.docs
-        n, s = len(arrays["alive"]), len(arrays["clicks"])
-        if n > len(docs.alive):
-            docs._grow_rows(n)
-        docs.originals[:n] = arrays["originals"]
-        docs.alive[:n] = arrays["alive"]
-        docs.slot_of[:n] = arrays["slot_of"]
-        docs.n_rows = n
-        docs.ids[:n] = meta["ids"]
-        docs.row_of = {doc_id: row for row, doc_id in enumerate(meta["ids"]) if doc_id is not None}
-        docs.free_rows = arrays["free_rows"].tolist()
-        while docs.n_slots < s:
-            docs._new_slot()
-        docs.sums[:s] = arrays["sums"]
-        docs.clicks[:s] = arrays["clicks"]
-        docs.published[:s] = arrays["published"]
-        docs.has_published[:s] = arrays["has_published"]
-        docs.row_of_slot[:s] = arrays["row_of_slot"]
-        docs.stamps[:s] = arrays.get("stamps", now)
-        docs.free_slots = arrays["free_slots"].tolist()
-        docs.recount()
-        window = engine.window
-        if arrays["window_raw"].shape[0] != window.capacity:
-            raise ValueError(
-                f"the checkpoint's validation window holds {arrays['window_raw'].shape[0]} queries, "
-                f"the configuration says {window.capacity}; start from a fresh state or keep the size"
-            )
-        window.raw[:] = arrays["window_raw"]
-        window.cache_rows[:] = arrays["window_cache_rows"]
-        window.cache_scores[:] = arrays["window_cache_scores"]
-        window.floor[:] = arrays["window_floor"]
-        window.born[:] = arrays.get("window_born", now)
-        w = meta["window"]
-        window.query_ids = list(w["query_ids"])
-        window.answers = [dict(a) for a in w["answers"]]
-        window.order.extend(w["order"])
-        window.slot_of = {q: i for i, q in enumerate(window.query_ids) if q is not None}
-        window._free = [
-            i for i in range(window.capacity - 1, -1, -1) if window.query_ids[i] is None
-        ]
-        for slot, answers in enumerate(window.answers):
-            if window.query_ids[slot] is not None:
-                for doc_id in answers:
-                    window.answer_slots.setdefault(doc_id, set()).add(slot)
-        window._unit_stale = list(window.slot_of.values())
-    engine.queries = QueryMemory.from_state(engine.queries.capacity, meta)
-    engine.pending.restore(arrays, meta, now)
-    return engine
+    """``Engine.from_state(config, arrays, meta)``: an engine in the state a checkpoint holds."""
+    return Engine.from_state(config, arrays, meta)

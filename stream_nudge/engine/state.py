@@ -121,6 +121,59 @@ class DocumentTable:
         self.free_slots: list[int] = []
         self.n_slots = 0
 
+    # --- state ----------------------------------------------------------------------------------
+
+    def to_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """The table as named arrays and JSON-able metadata (caches left out: they are derived)."""
+        n, s = self.n_rows, self.n_slots
+        arrays = {
+            "originals": self.originals[:n],
+            "alive": self.alive[:n],
+            "slot_of": self.slot_of[:n],
+            "sums": self.sums[:s],
+            "clicks": self.clicks[:s],
+            "published": self.published[:s],
+            "has_published": self.has_published[:s],
+            "row_of_slot": self.row_of_slot[:s],
+            "stamps": self.stamps[:s],
+            "free_rows": np.array(self.free_rows, dtype=np.int64),
+            "free_slots": np.array(self.free_slots, dtype=np.int64),
+        }
+        return arrays, {"ids": self.ids[:n]}
+
+    @classmethod
+    def from_state(
+        cls,
+        arrays: dict[str, np.ndarray],
+        meta: dict,
+        decay: Decay | None = None,
+        now: tuple[float, float] = (math.nan, math.nan),
+    ) -> DocumentTable:
+        """The table :meth:`to_state` recorded. Checkpoints from before decay hold no stamps:
+        their sums count as of ``now``."""
+        table = cls(arrays["originals"].shape[1], decay=decay)
+        n, s = len(arrays["alive"]), len(arrays["clicks"])
+        if n > len(table.alive):
+            table._grow_rows(n)
+        table.originals[:n] = arrays["originals"]
+        table.alive[:n] = arrays["alive"]
+        table.slot_of[:n] = arrays["slot_of"]
+        table.n_rows = n
+        table.ids[:n] = meta["ids"]
+        table.row_of = {doc_id: row for row, doc_id in enumerate(meta["ids"]) if doc_id is not None}
+        table.free_rows = arrays["free_rows"].tolist()
+        while table.n_slots < s:
+            table._new_slot()
+        table.sums[:s] = arrays["sums"]
+        table.clicks[:s] = arrays["clicks"]
+        table.published[:s] = arrays["published"]
+        table.has_published[:s] = arrays["has_published"]
+        table.row_of_slot[:s] = arrays["row_of_slot"]
+        table.stamps[:s] = arrays.get("stamps", now)
+        table.free_slots = arrays["free_slots"].tolist()
+        table.recount()
+        return table
+
     # --- documents ----------------------------------------------------------------------------
 
     def __len__(self) -> int:

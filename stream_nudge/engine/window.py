@@ -113,6 +113,52 @@ class ValidationWindow:
         # Free slots, lowest last (popped first).
         self._free: list[int] = list(range(capacity - 1, -1, -1))
 
+    def to_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """The window as named arrays and JSON-able metadata."""
+        arrays = {
+            "window_raw": self.raw,
+            "window_cache_rows": self.cache_rows,
+            "window_cache_scores": self.cache_scores,
+            "window_floor": self.floor,
+            "window_born": self.born,
+        }
+        meta = {"query_ids": self.query_ids, "answers": self.answers, "order": list(self.order)}
+        return arrays, meta
+
+    @classmethod
+    def from_state(
+        cls,
+        arrays: dict[str, np.ndarray],
+        meta: dict,
+        k: int,
+        capacity: int,
+        now: tuple[float, float] = (np.nan, np.nan),
+    ) -> ValidationWindow:
+        """The window :meth:`to_state` recorded; its capacity must be ``capacity``."""
+        saved = arrays["window_raw"].shape[0]
+        if saved != capacity:
+            raise ValueError(
+                f"the checkpoint's validation window holds {saved} queries, the configuration "
+                f"says {capacity}; start from a fresh state or keep the size"
+            )
+        window = cls(capacity, arrays["window_raw"].shape[1], k)
+        window.raw[:] = arrays["window_raw"]
+        window.cache_rows[:] = arrays["window_cache_rows"]
+        window.cache_scores[:] = arrays["window_cache_scores"]
+        window.floor[:] = arrays["window_floor"]
+        window.born[:] = arrays.get("window_born", now)
+        window.query_ids = list(meta["query_ids"])
+        window.answers = [dict(a) for a in meta["answers"]]
+        window.order.extend(meta["order"])
+        window.slot_of = {q: i for i, q in enumerate(window.query_ids) if q is not None}
+        window._free = [i for i in range(capacity - 1, -1, -1) if window.query_ids[i] is None]
+        for slot, answers in enumerate(window.answers):
+            if window.query_ids[slot] is not None:
+                for doc_id in answers:
+                    window.answer_slots.setdefault(doc_id, set()).add(slot)
+        window._unit_stale = list(window.slot_of.values())
+        return window
+
     @property
     def unit(self) -> np.ndarray:
         """Unit query vectors by slot (normalised when first needed, in bulk)."""
