@@ -320,10 +320,13 @@ def _check(c: Config) -> None:
             fail("gamma.max", "must be >= 0 or null")
         if c.method == "nudge-n" and c.gamma.max >= 2:
             fail("gamma.max", "must be < 2 for nudge-n")
-    for name in ("half_life_events", "half_life_seconds"):
-        value = getattr(c.decay, name)
+    def positive_or_null(section, key: str, what: str) -> None:
+        value = getattr(getattr(c, section), key)
         if value is not None and not (value > 0 and math.isfinite(value)):
-            fail(f"decay.{name}", "must be a positive number or null (no decay)")
+            fail(f"{section}.{key}", f"must be a positive number or null ({what})")
+
+    for name in ("half_life_events", "half_life_seconds"):
+        positive_or_null("decay", name, "no decay")
     if c.publish.min_change < 0:
         fail("publish.min_change", "must be >= 0")
     if c.publish.encoding not in ("json", "base64"):
@@ -335,9 +338,7 @@ def _check(c: Config) -> None:
     if c.pending.max_events < 0:
         fail("pending.max_events", "must be >= 0")
     for key in ("max_age_events", "max_age_seconds"):
-        age = getattr(c.pending, key)
-        if age is not None and not (age > 0 and math.isfinite(age)):
-            fail(f"pending.{key}", "must be a positive number or null")
+        positive_or_null("pending", key, "never expire")
     if c.queries.remember < 2:
         fail("queries.remember", "must be >= 2")
     for name in ("max_message_bytes", "max_dimension", "max_doc_ids"):
