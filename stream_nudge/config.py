@@ -282,6 +282,11 @@ def _check_security(security: dict, fail) -> None:
             fail(f"kafka.security.{key}", f"{value!r} is not one of {', '.join(allowed)}")
         if key == "ssl_check_hostname" and not isinstance(value, bool):
             fail(f"kafka.security.{key}", "must be true or false")
+        # A file the client opens only when it connects: missing, it would fail every retry.
+        if key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_crlfile") and not (
+            isinstance(value, str) and os.path.isfile(value)
+        ):
+            fail(f"kafka.security.{key}", f"no such file: {value!r}")
     mechanism = security.get("sasl_mechanism")
     if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
         for key in ("sasl_plain_username", "sasl_plain_password"):

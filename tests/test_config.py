@@ -111,6 +111,7 @@ def test_yaml_syntax_errors_are_config_errors(tmp_path):
             "kafka.security.sasl_plain_username: required with sasl_mechanism PLAIN",
         ),
         ({"ssl_check_hostname": "yes"}, "kafka.security.ssl_check_hostname: must be true or false"),
+        ({"ssl_cafile": "/nonexistent/ca.pem"}, "kafka.security.ssl_cafile: no such file"),
     ],
 )
 def test_kafka_security_is_checked_at_load_naming_the_key(security, message):
