@@ -355,7 +355,10 @@ class Engine:
             engine.window = ValidationWindow.from_state(
                 arrays, meta["window"], engine.objective.k, config.validation.window, now
             )
-        engine.pending.restore(arrays, meta, now)
+        p = config.pending
+        engine.pending = PendingClicks.from_state(
+            arrays, meta, now, p.max_events, p.max_age_events, p.max_age_seconds
+        )
         engine.queries = QueryMemory.from_state(config.queries.remember, meta)
         return engine
 

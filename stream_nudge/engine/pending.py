@@ -152,9 +152,19 @@ class PendingClicks:
         }
         return arrays, meta
 
-    def restore(self, arrays: dict[str, np.ndarray], meta: dict, now: tuple[float, float]) -> None:
-        """Add back what :meth:`to_state` recorded (checkpoints from before query ids and arrival
+    @classmethod
+    def from_state(
+        cls,
+        arrays: dict[str, np.ndarray],
+        meta: dict,
+        now: tuple[float, float],
+        max_clicks: int,
+        max_age_events: float | None = None,
+        max_age_seconds: float | None = None,
+    ) -> PendingClicks:
+        """The store :meth:`to_state` recorded (checkpoints from before query ids and arrival
         times were kept get ``""`` and ``now``)."""
+        store = cls(max_clicks, max_age_events, max_age_seconds)
         ids = meta.get("pending_ids", [])
         queries = meta.get("pending_queries", [""] * len(ids))
         vectors, weights = arrays.get("pending_vectors"), arrays.get("pending_weights")
@@ -162,10 +172,11 @@ class PendingClicks:
         for i, doc_id in enumerate(ids):
             when = (float(times[i, 0]), float(times[i, 1])) if times is not None else now
             arrived = (float(born[i, 0]), float(born[i, 1])) if born is not None else now
-            self._seq += 1
+            store._seq += 1
             entry = Waiting(
-                queries[i], vectors[i].copy(), float(weights[i]), when, arrived, self._seq
+                queries[i], vectors[i].copy(), float(weights[i]), when, arrived, store._seq
             )
-            self.by_doc.setdefault(doc_id, []).append(entry)
-            self._order.append((doc_id, self._seq))
-            self._count += 1
+            store.by_doc.setdefault(doc_id, []).append(entry)
+            store._order.append((doc_id, store._seq))
+            store._count += 1
+        return store
