@@ -325,6 +325,7 @@ def _check(c: Config) -> None:
             fail("gamma.max", "must be >= 0 or null")
         if c.method == "nudge-n" and c.gamma.max >= 2:
             fail("gamma.max", "must be < 2 for nudge-n")
+
     def positive_or_null(section, key: str, what: str) -> None:
         value = getattr(getattr(c, section), key)
         if value is not None and not (value > 0 and math.isfinite(value)):

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from stream_nudge.config import Config
-from stream_nudge.core.geometry import nudge_m, nudge_n, unit_rows
+from stream_nudge.core.geometry import unit_rows
 from stream_nudge.core.objectives import parse_objective
 from stream_nudge.engine.pending import PendingClicks, Waiting
+from stream_nudge.engine.publish import Publisher, fine_tuned
 from stream_nudge.engine.scores import SelectionCache
 from stream_nudge.engine.seen import QueryMemory
 from stream_nudge.engine.state import Decay, DocumentTable
@@ -205,10 +206,8 @@ class Engine:
         self.queries = QueryMemory(c.queries.remember)
         self.dead_letters: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
-        # Since the last publication:
-        self._changed: set[int] = set()
-        self._forced: set[int] = set()
-        self._gamma_changed = False
+        # What changed since the last publication, and the updates it calls for.
+        self.publisher = Publisher(c.method, c.similarity, c.publish.min_change, c.publish.encoding)
         # Since the last selection: rows whose cache status changed.
         self._leave_caches: set[int] = set()
         self._enter_caches: set[int] = set()
@@ -308,9 +307,7 @@ class Engine:
             "dead_letters": dict(self.dead_letters),
             "counts": dict(self.counts),
             "dimension": self.decoder.dimension,
-            "changed": sorted(self._changed),
-            "forced": sorted(self._forced),
-            "gamma_changed": self._gamma_changed,
+            **self.publisher.to_state(),
             "leave_caches": sorted(self._leave_caches),
             "enter_caches": sorted(self._enter_caches),
         }
@@ -344,9 +341,7 @@ class Engine:
         engine.decoder.dimension = meta["dimension"]
         if engine.decoder.dimension is not None:
             engine.decoder.dimension_from = "the checkpoint"
-        engine._changed = set(meta["changed"])
-        engine._forced = set(meta["forced"])
-        engine._gamma_changed = bool(meta["gamma_changed"])
+        engine.publisher.restore(meta)
         engine._leave_caches = set(meta["leave_caches"])
         engine._enter_caches = set(meta["enter_caches"])
         if "originals" in arrays:
@@ -393,9 +388,9 @@ class Engine:
         # Its cached scores (if untouched) are stale; it re-enters with the new embedding.
         self._leave_caches.add(row)
         self._enter_caches.add(row)
-        self._changed.add(row)
+        self.publisher.changed.add(row)
         if self.config.publish.initial:
-            self._forced.add(row)
+            self.publisher.forced.add(row)
 
     def _delete(self, doc: DocDelete, out: Output) -> None:
         self._flush()
@@ -410,8 +405,7 @@ class Engine:
             return
         self._leave_caches.add(row)
         self._enter_caches.discard(row)
-        self._changed.discard(row)
-        self._forced.discard(row)
+        self.publisher.forget(row)
         self.generation += 1
         self.counts["tombstones"] += 1
         out.tombstones.append(
@@ -591,7 +585,7 @@ class Engine:
         now = (float(self.events), self.clock if self.clock is not None else math.nan)
         origin = self.first_clock if self.first_clock is not None else math.nan
         touched, before, after = self.docs.add(rows, weights, vectors, times, now, origin)
-        self._changed.update(touched.tolist())
+        self.publisher.changed.update(touched.tolist())
         # Documents that start moving leave the untouched pool, those whose sum cancelled to
         # zero come back to it.
         self._leave_caches.update(touched[after & ~before].tolist())
@@ -635,7 +629,7 @@ class Engine:
         changed = adopted and choice.gamma != self.gamma
         if changed:
             self.gamma = choice.gamma
-            self._gamma_changed = True
+            self.publisher.gamma_changed = True
         report = SelectionReport(
             gamma=self.gamma,
             candidate=choice.gamma,
@@ -705,83 +699,16 @@ class Engine:
     # --- publishing -------------------------------------------------------------------------------
 
     def _embeddings(self, rows: np.ndarray) -> np.ndarray:
-        """Current fine-tuned embeddings of ``rows``: derived from the originals and the sums."""
-        docs = self.docs
-        out = docs.originals[rows].copy()
-        if self.gamma == 0.0 or len(rows) == 0:
-            return out
-        moving = docs.is_nudged(rows)
-        if not moving.any():
-            return out
-        r = rows[moving]
-        originals = docs.originals[r].astype(np.float64)
-        directions = docs.directions(r)
-        if self.config.method == "nudge-m":
-            out[moving] = nudge_m(originals, directions, self.gamma)
-        else:
-            out[moving] = nudge_n(originals, directions, self.gamma)
-        return out
+        return fine_tuned(self.docs, rows, self.gamma, self.config.method)
 
     def _publish(self, out: Output) -> None:
-        docs = self.docs
-        if docs is None:
+        if self.docs is None:
             return
-        candidates = set(self._changed)
-        if self._gamma_changed:
-            candidates.update(docs.nudged_rows().tolist())
-        self._changed.clear()
-        self._gamma_changed = False
-        forced = self._forced
-        self._forced = set()
-        if not candidates:
-            return
-        rows = np.fromiter(candidates, dtype=np.int64, count=len(candidates))
-        rows.sort()
-        rows = rows[docs.alive[rows]]
-        slots = docs.slot_of[rows]
-        seen = slots >= 0
-        seen[seen] = docs.has_published[slots[seen]]
-        must = (
-            np.isin(rows, np.fromiter(forced, dtype=np.int64, count=len(forced)))
-            if forced
-            else np.zeros(len(rows), dtype=bool)
-        )
-        if self.gamma == 0.0:
-            # At gamma 0 every embedding is its original, which search already has unless it was
-            # published at another gamma: only those documents (and forced ones) can need an
-            # update. Ingest before the first selection (most of a replay) stops here.
-            keep = seen | must
-            rows, slots, seen, must = rows[keep], slots[keep], seen[keep], must[keep]
-        if len(rows) == 0:
-            return
-        current = self._embeddings(rows)
-        baseline = np.empty(current.shape, dtype=np.float64)
-        if seen.any():
-            baseline[seen] = docs.published[slots[seen]]
-        baseline[~seen] = docs.originals[rows[~seen]]
-        moved = np.linalg.norm(current.astype(np.float64) - baseline, axis=1)
-        emit = must | (moved > self.config.publish.min_change)
-        emitted = np.flatnonzero(emit)
-        if len(emitted) == 0:
-            return
-        c = self.config
-        vectors = current[emitted]
-        generations = self.generation + 1 + np.arange(len(emitted), dtype=np.int64)
-        self.generation += len(emitted)
-        chosen, slots = rows[emitted], slots[emitted]
-        kept = slots >= 0
-        docs.published[slots[kept]] = vectors[kept]
-        docs.has_published[slots[kept]] = True
-        out.updates = Updates(
-            [docs.ids[r] for r in chosen.tolist()],
-            vectors,
-            generations,
-            c.method,
-            self.gamma,
-            c.similarity,
-            c.publish.encoding,
-        )
-        self.counts["updates"] += len(emitted)
+        updates = self.publisher.publish(self.docs, self.gamma, self.generation)
+        if updates is not None:
+            out.updates = updates
+            self.generation += len(updates)
+            self.counts["updates"] += len(updates)
 
 
 # --- snapshots --------------------------------------------------------------------------------
