@@ -129,7 +129,7 @@ def test_score_caches_always_give_the_exact_best_untouched_scores(ops, k):
             if engine.window is None or not len(engine.window):
                 continue
             engine._flush()
-            engine._update_caches()
+            engine.selector.sync_caches(engine.docs, engine.window)
             slots = engine.window.active_slots()
             others, stale = engine.window.others(slots)
             engine.window.refresh(

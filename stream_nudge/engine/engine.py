@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,6 +22,7 @@ from stream_nudge.engine.pending import PendingClicks, Waiting
 from stream_nudge.engine.publish import Publisher, fine_tuned
 from stream_nudge.engine.scores import SelectionCache
 from stream_nudge.engine.seen import QueryMemory
+from stream_nudge.engine.select import GammaSelector, SelectionReport
 from stream_nudge.engine.state import Decay, DocumentTable
 from stream_nudge.engine.train import ClickBuffer
 from stream_nudge.engine.window import ValidationWindow
@@ -42,9 +41,6 @@ from stream_nudge.messages import (
 __all__ = ["Engine", "Output", "SelectionReport", "restore", "snapshot"]
 
 log = logging.getLogger(__name__)
-
-# Selections remembered for reports and tests (the latest ones).
-_HISTORY = 1000
 
 # The time of a click when decay is off: nothing reads it.
 _TIMELESS = (math.nan, math.nan)
@@ -83,24 +79,6 @@ class Output:
         return len(self.tombstones) + (len(self.updates) if self.updates is not None else 0)
 
 
-@dataclass(frozen=True)
-class SelectionReport:
-    """One re-selection of gamma on the validation window."""
-
-    gamma: float  # in force after this selection
-    candidate: float  # the best gamma found
-    changed: bool  # whether gamma changed
-    value_before: float  # objective at gamma 0 (no fine-tuning)
-    value_current: float  # objective at the gamma in force before
-    value_after: float  # objective at the gamma in force after
-    low: float  # the best region the candidate is the middle of
-    high: float
-    queries: int
-    nudged: int
-    seconds: float
-    events: int
-
-
 class Engine:
     """NUDGE, online. See the module docstring."""
 
@@ -111,9 +89,16 @@ class Engine:
         self.decoder = Decoder.for_config(c)
         self.docs: DocumentTable | None = None
         self.window: ValidationWindow | None = None
-        # Score tables and per-query curves kept between selections (not checkpointed: a restored
-        # engine computes its first selection from scratch).
-        self.selection_cache: SelectionCache | None = None
+        # Chooses gamma; keeps score tables and per-query curves between selections (not
+        # checkpointed: a restored engine computes its first selection from scratch).
+        self.selector = GammaSelector(
+            c.validation.window,
+            c.method,
+            self.objective,
+            c.gamma.max,
+            c.min_improvement,
+            c.limits.selection_cache_bytes,
+        )
         # Clicks waiting for their document.
         self.pending = PendingClicks(
             c.pending.max_events, c.pending.max_age_events, c.pending.max_age_seconds
@@ -128,8 +113,6 @@ class Engine:
         self.clock: float | None = None
         self.first_clock: float | None = None  # the first event time seen (decay's origin)
         self.last_selection_clock: float | None = None
-        self.last_selection: SelectionReport | None = None
-        self.selection_history: list[SelectionReport] = []
         self._fraction = c.validation.fraction
         # is_validation's rule, with its threshold computed once: the hash is per event.
         self._validation_below = c.validation.fraction * 2.0**64
@@ -140,9 +123,6 @@ class Engine:
         self.counts: Counter[str] = Counter()
         # What changed since the last publication, and the updates it calls for.
         self.publisher = Publisher(c.method, c.similarity, c.publish.min_change, c.publish.encoding)
-        # Since the last selection: rows whose cache status changed.
-        self._leave_caches: set[int] = set()
-        self._enter_caches: set[int] = set()
         # Training clicks not yet added to the sums (applied in order, before anything that
         # could change what a row means).
         self._clicks = ClickBuffer(timed=self._decay is not None)
@@ -240,8 +220,7 @@ class Engine:
             "counts": dict(self.counts),
             "dimension": self.decoder.dimension,
             **self.publisher.to_state(),
-            "leave_caches": sorted(self._leave_caches),
-            "enter_caches": sorted(self._enter_caches),
+            **self.selector.to_state(),
         }
         if self.docs is not None:
             doc_arrays, doc_meta = self.docs.to_state()
@@ -274,8 +253,7 @@ class Engine:
         if engine.decoder.dimension is not None:
             engine.decoder.dimension_from = "the checkpoint"
         engine.publisher.restore(meta)
-        engine._leave_caches = set(meta["leave_caches"])
-        engine._enter_caches = set(meta["enter_caches"])
+        engine.selector.restore(meta)
         if "originals" in arrays:
             engine._start(arrays["originals"].shape[1])
             engine.docs = DocumentTable.from_state(arrays, meta, engine._decay, now)
@@ -294,14 +272,6 @@ class Engine:
     def _start(self, dim: int) -> None:
         self.docs = DocumentTable(dim, decay=self._decay)
         self.window = ValidationWindow(self.config.validation.window, dim, self.objective.k)
-        c = self.config
-        self.selection_cache = SelectionCache(
-            c.validation.window,
-            c.method,
-            self.objective,
-            c.gamma.max,
-            limit_bytes=c.limits.selection_cache_bytes,
-        )
 
     def _dead(self, letter: DeadLetter, out: Output) -> None:
         self.dead_letters[letter.reason] += 1
@@ -318,8 +288,7 @@ class Engine:
                     self._clicks.add(row, click.weight, click.vector, click.when)
                 self._flush()
         # Its cached scores (if untouched) are stale; it re-enters with the new embedding.
-        self._leave_caches.add(row)
-        self._enter_caches.add(row)
+        self.selector.upserted(row)
         self.publisher.changed.add(row)
         if self.config.publish.initial:
             self.publisher.forced.add(row)
@@ -335,8 +304,7 @@ class Engine:
         if row is None:
             self.counts["deletes_unknown"] += 1
             return
-        self._leave_caches.add(row)
-        self._enter_caches.discard(row)
+        self.selector.deleted(row)
         self.publisher.forget(row)
         self.generation += 1
         self.counts["tombstones"] += 1
@@ -518,10 +486,7 @@ class Engine:
         origin = self.first_clock if self.first_clock is not None else math.nan
         touched, before, after = self.docs.add(rows, weights, vectors, times, now, origin)
         self.publisher.changed.update(touched.tolist())
-        # Documents that start moving leave the untouched pool, those whose sum cancelled to
-        # zero come back to it.
-        self._leave_caches.update(touched[after & ~before].tolist())
-        self._enter_caches.update(touched[before & ~after].tolist())
+        self.selector.sums_changed(touched, before, after)
 
     # --- gamma ----------------------------------------------------------------------------------
 
@@ -534,58 +499,23 @@ class Engine:
 
     def _select(self, out: Output) -> None:
         self._flush()
-        started = time.perf_counter()
         self.events_since_selection = 0
         self.last_selection_clock = self.clock
-        docs, window = self.docs, self.window
-        if docs is None or window is None or not len(window):
+        if self.docs is None or self.window is None or not len(self.window):
             return
-        self._update_caches()
-        slots, ptr, rows = self._window_answers()
-        if len(slots) == 0:
+        report = self.selector.select(self.docs, self.window, self.gamma, self.events)
+        if report is None:
             return
-        others, stale = window.others(slots)
-        if stale.any():
-            untouched = docs.untouched_mask()
-            window.refresh(slots[stale], docs.originals, untouched, docs.row_of.get)
-            others, _ = window.others(slots)
-        choice, before, current, n_nudged = self.selection_cache.select(
-            docs, window, slots, ptr, rows, others, self.gamma
-        )
-        # Without hysteresis every selection takes the best region's middle, exactly what
-        # fine_tune chooses on the same data, whatever was chosen before: a gamma picked on a
-        # partial window must not survive a later pick that only ties it. With it, the gamma in
-        # force stays unless the best beats it by more than min_improvement.
-        hysteresis = self.config.min_improvement
-        adopted = hysteresis <= 0 or choice.value - current > hysteresis
-        changed = adopted and choice.gamma != self.gamma
-        if changed:
-            self.gamma = choice.gamma
+        if report.changed:
+            self.gamma = report.gamma
             self.publisher.gamma_changed = True
-        report = SelectionReport(
-            gamma=self.gamma,
-            candidate=choice.gamma,
-            changed=changed,
-            value_before=before,
-            value_current=current,
-            value_after=choice.value if adopted else current,
-            low=choice.low,
-            high=choice.high,
-            queries=len(slots),
-            nudged=n_nudged,
-            seconds=time.perf_counter() - started,
-            events=self.events,
-        )
-        self.last_selection = report
-        self.selection_history.append(report)
-        del self.selection_history[:-_HISTORY]
         self.counts["selections"] += 1
         out.selections.append(report)
         log.info(
             "gamma %s: %.6g (best %.6g), %s %.4f -> %.4f on %d validation queries, %d nudged documents",
-            "changed" if changed else "kept",
+            "changed" if report.changed else "kept",
             self.gamma,
-            choice.gamma,
+            report.candidate,
             self.objective.name,
             report.value_before,
             report.value_after,
@@ -593,7 +523,7 @@ class Engine:
             report.nudged,
             extra={
                 "gamma": self.gamma,
-                "candidate": choice.gamma,
+                "candidate": report.candidate,
                 "score_before": report.value_before,
                 "score_after": report.value_after,
                 "validation_queries": report.queries,
@@ -601,32 +531,17 @@ class Engine:
             },
         )
 
-    def _update_caches(self) -> None:
-        docs, window = self.docs, self.window
-        leave = np.array(sorted(self._leave_caches | self._enter_caches), dtype=np.int64)
-        window.forget(leave)
-        enter = np.array(sorted(self._enter_caches), dtype=np.int64)
-        if len(enter):
-            enter = enter[docs.alive[enter]]
-            enter = enter[~docs.is_nudged(enter)]
-            window.offer(enter, docs.originals[enter], [docs.ids[r] for r in enter])
-        self._leave_caches.clear()
-        self._enter_caches.clear()
+    @property
+    def selection_cache(self) -> SelectionCache:
+        return self.selector.cache
 
-    def _window_answers(self):
-        """Window slots with at least one live answer, and their answers' rows (CSR)."""
-        window, docs = self.window, self.docs
-        slots, counts, rows = [], [], []
-        for slot in window.active_slots():
-            answer_rows = sorted(
-                r for d in window.answers[slot] if (r := docs.row_of.get(d)) is not None
-            )
-            if answer_rows:
-                slots.append(slot)
-                counts.append(len(answer_rows))
-                rows.extend(answer_rows)
-        ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return np.array(slots, dtype=np.int64), ptr, np.array(rows, dtype=np.int64)
+    @property
+    def last_selection(self) -> SelectionReport | None:
+        return self.selector.last
+
+    @property
+    def selection_history(self) -> list[SelectionReport]:
+        return self.selector.history
 
     # --- publishing -------------------------------------------------------------------------------
 
