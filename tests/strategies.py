@@ -7,8 +7,17 @@ the fast code and of the oracles agrees on every decision.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from hypothesis import strategies as st
+
+
+def examples(n: int) -> int:
+    """``n`` hypothesis examples for a local run, four times as many in CI (``CI`` set), where
+    the time is there: the fast tests stay within their budget, CI searches harder."""
+    ci = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+    return 4 * n if ci else n
 
 
 @st.composite

@@ -8,6 +8,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import examples
 from streams import delete_message, doc_message, event_message, records, run_engine, write_jsonl
 
 from stream_nudge.app import replay
@@ -27,7 +28,7 @@ operations = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(operations, st.integers(0, 8), st.sampled_from([None, 2.0, 5.0]))
 def test_the_store_against_a_list_of_every_waiting_click(ops, capacity, max_age):
     store = PendingClicks(capacity, max_age_events=max_age)

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from rounding import VALUE_TOLERANCE, assert_same_region, embedding_bound
-from strategies import objectives, problems
+from strategies import examples, objectives, problems
 from test_fine_tune import load
 
 from stream_nudge import fine_tune
@@ -55,7 +55,7 @@ def _opposite(doc, train, train_answers, j) -> bool:
 
 
 @pytest.mark.parametrize("method", ["nudge-m", "nudge-n"])
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     problem=problems(max_docs=10, max_dim=6, max_train=10, max_val=8, allow_empty=False),
     objective=objectives,

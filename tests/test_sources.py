@@ -7,6 +7,7 @@ from pathlib import Path
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import examples
 
 from stream_nudge.sources import JsonlSource
 
@@ -69,7 +70,7 @@ def test_records_match_a_line_by_line_reading(
     assert source.bytes_read == source.bytes_total
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(
     st.lists(st.one_of(st.none(), st.integers(0, 20)), max_size=30),
     st.lists(st.one_of(st.none(), st.integers(0, 20)), max_size=30),

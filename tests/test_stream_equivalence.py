@@ -17,12 +17,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rounding import VALUE_TOLERANCE, assert_same_region, embedding_bound
+from strategies import examples
 from streams import doc_message, event_message, run_engine
 
 from stream_nudge import fine_tune
 from stream_nudge.messages import Record
 
-SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=examples(50), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @st.composite
