@@ -23,12 +23,11 @@ import signal
 import time
 from collections import Counter
 
-from kafka.errors import KafkaError
-
 from stream_nudge.checkpoint import CheckpointError, CheckpointStore, StateDirectoryError
 from stream_nudge.config import Config
 from stream_nudge.engine import Engine, Output, restore, snapshot
 from stream_nudge.kafka import (
+    ClientError,
     KafkaSink,
     KafkaSource,
     SinkError,
@@ -111,7 +110,7 @@ class Service:
                 self._disconnect()
                 self.metrics.close()
                 return 1
-            except (KafkaError, SinkError, OSError, TimeoutError, _Restart) as exc:
+            except (ClientError, SinkError, OSError, TimeoutError, _Restart) as exc:
                 if is_configuration_error(exc):
                     # A setting the client refuses: the same refusal at every retry.
                     log.error("stopping: the Kafka client refuses the configuration: %s", exc)
@@ -188,7 +187,7 @@ class Service:
         try:
             if self.source is not None and self.sink is not None:
                 self.checkpoint()
-        except (KafkaError, SinkError, OSError, StateDirectoryError) as exc:
+        except (ClientError, SinkError, OSError, StateDirectoryError) as exc:
             log.error("final checkpoint failed (%s); the previous one stands", exc)
             saved = False
         self._disconnect()

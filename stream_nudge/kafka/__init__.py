@@ -1,11 +1,12 @@
 """Kafka edges: a source over the docs and events topics, a sink to the updates and dead-letter topics."""
 
 from stream_nudge.kafka.admin import ensure_topics, last_generation
-from stream_nudge.kafka.common import is_configuration_error
+from stream_nudge.kafka.common import ClientError, is_configuration_error
 from stream_nudge.kafka.sink import KafkaSink, SinkError
 from stream_nudge.kafka.source import KafkaSource
 
 __all__ = [
+    "ClientError",
     "KafkaSink",
     "KafkaSource",
     "SinkError",

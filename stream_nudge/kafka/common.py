@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+# What the Kafka layer raises when the broker or the client fails: the service above catches
+# this name and never imports a Kafka client itself.
+from kafka.errors import KafkaConfigurationError
+from kafka.errors import KafkaError as ClientError
+
 from stream_nudge.config import Config
+
+__all__ = ["ClientError", "client_settings", "is_configuration_error"]
 
 
 def client_settings(config: Config) -> dict:
@@ -17,6 +24,4 @@ def client_settings(config: Config) -> dict:
 def is_configuration_error(exc: BaseException) -> bool:
     """Whether the Kafka client refused its configuration: retrying cannot help. The clients'
     processes report errors as text (``"KafkaConfigurationError: ..."``)."""
-    from kafka.errors import KafkaConfigurationError
-
     return isinstance(exc, KafkaConfigurationError) or "KafkaConfigurationError" in str(exc)
