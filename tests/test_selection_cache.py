@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rounding import VALUE_TOLERANCE, assert_same_region, embedding_bound
+from strategies import examples
 from streams import delete_message, doc_message, event_message
 
 from stream_nudge.config import load_config
@@ -25,7 +26,9 @@ from stream_nudge.engine.engine import restore, snapshot
 from stream_nudge.engine.scores import SelectionCache
 from stream_nudge.messages import Record
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 N_DOC_IDS = 8
 N_QUERY_IDS = 10
