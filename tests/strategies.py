@@ -12,12 +12,14 @@ import os
 import numpy as np
 from hypothesis import strategies as st
 
+# Whether this is a CI run (``CI`` set), where the time is there to search harder.
+IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
 
 def examples(n: int) -> int:
-    """``n`` hypothesis examples for a local run, four times as many in CI (``CI`` set), where
-    the time is there: the fast tests stay within their budget, CI searches harder."""
-    ci = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
-    return 4 * n if ci else n
+    """``n`` hypothesis examples for a local run, four times as many in CI: the fast tests stay
+    within their budget, CI searches harder."""
+    return 4 * n if IN_CI else n
 
 
 @st.composite

@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 from rounding import VALUE_TOLERANCE, assert_same_region
-from strategies import examples
+from strategies import IN_CI
 from streams import dataset_messages, fine_tune_on, records, run_engine, write_jsonl
 
 # Every selection is exact and, without hysteresis, history-free: the last one, on all the data,
@@ -43,8 +43,8 @@ CASES = [
 
 # Locally half of them, the quicker half that still has both data sets, both methods, both
 # encodings, both event shapes and every_events 1, 7, 100 and 10,000; CI runs all twelve
-# (``examples`` is 4x there).
-LOCAL = CASES if examples(1) > 1 else [CASES[i] for i in (1, 3, 5, 6, 8, 11)]
+# (``IN_CI``).
+LOCAL = CASES if IN_CI else [CASES[i] for i in (1, 3, 5, 6, 8, 11)]
 
 
 @pytest.mark.parametrize(("name", "method", "objective", "every", "b64", "per_pair"), LOCAL)

@@ -20,8 +20,8 @@ from stream_nudge.core.geometry import unit_rows
 from stream_nudge.core.objectives import parse_objective
 from stream_nudge.engine.pending import PendingClicks, Waiting
 from stream_nudge.engine.publish import Publisher, fine_tuned
+from stream_nudge.engine.queries import QueryMemory
 from stream_nudge.engine.scores import SelectionCache
-from stream_nudge.engine.seen import QueryMemory
 from stream_nudge.engine.select import GammaSelector, SelectionReport
 from stream_nudge.engine.state import Decay, DocumentTable
 from stream_nudge.engine.train import ClickBuffer
@@ -255,7 +255,6 @@ class Engine:
         engine.publisher.restore(meta)
         engine.selector.restore(meta)
         if "originals" in arrays:
-            engine._start(arrays["originals"].shape[1])
             engine.docs = DocumentTable.from_state(arrays, meta, engine._decay, now)
             engine.window = ValidationWindow.from_state(
                 arrays, meta["window"], engine.objective.k, config.validation.window, now
@@ -346,7 +345,7 @@ class Engine:
                     break
                 query_id, doc_ids, weight, split, ts = event
                 # A query belongs to one split (its first event's, given or by the stable hash),
-                # and a (query, document) pair counts once (see seen.py).
+                # and a (query, document) pair counts once (see queries.py).
                 entry = recent.get(query_id) or older(query_id)
                 if entry is None:
                     if split is None:
@@ -371,8 +370,9 @@ class Engine:
                                 at += 1
                                 continue
                             doc_ids = new_ids
-                        named = named + doc_ids
-                    recent[query_id] = (known, named)
+                        recent[query_id] = (known, named + doc_ids)
+                    elif query_id not in recent:
+                        recent[query_id] = entry  # kept with the current generation
                 events += 1
                 since += 1
                 if ts is None:
