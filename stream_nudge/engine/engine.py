@@ -219,8 +219,8 @@ class Engine:
             "dead_letters": dict(self.dead_letters),
             "counts": dict(self.counts),
             "dimension": self.decoder.dimension,
-            **self.publisher.to_state(),
-            **self.selector.to_state(),
+            **self.publisher.to_state(self.docs),
+            **self.selector.to_state(self.docs),
         }
         if self.docs is not None:
             doc_arrays, doc_meta = self.docs.to_state()
@@ -252,13 +252,14 @@ class Engine:
         engine.decoder.dimension = meta["dimension"]
         if engine.decoder.dimension is not None:
             engine.decoder.dimension_from = "the checkpoint"
-        engine.publisher.restore(meta)
-        engine.selector.restore(meta)
         if "originals" in arrays:
             engine.docs = DocumentTable.from_state(arrays, meta, engine._decay, now)
             engine.window = ValidationWindow.from_state(
                 arrays, meta["window"], engine.objective.k, config.validation.window, now
             )
+        # The selector first: it also sees the publisher's changes (see Publisher.restore).
+        engine.selector.restore(meta, engine.docs)
+        engine.publisher.restore(meta, engine.docs)
         p = config.pending
         engine.pending = PendingClicks.from_state(
             arrays, meta, now, p.max_events, p.max_age_events, p.max_age_seconds
@@ -286,11 +287,8 @@ class Engine:
                 for click in waiting:
                     self._clicks.add(row, click.weight, click.vector, click.when)
                 self._flush()
-        # Its cached scores (if untouched) are stale; it re-enters with the new embedding.
-        self.selector.upserted(row)
-        self.publisher.changed.add(row)
         if self.config.publish.initial:
-            self.publisher.forced.add(row)
+            self.publisher.force(row)
 
     def _delete(self, doc: DocDelete, out: Output) -> None:
         self._flush()
@@ -303,7 +301,6 @@ class Engine:
         if row is None:
             self.counts["deletes_unknown"] += 1
             return
-        self.selector.deleted(row)
         self.publisher.forget(row)
         self.generation += 1
         self.counts["tombstones"] += 1
@@ -484,9 +481,7 @@ class Engine:
         rows, weights, vectors, times = self._clicks.take()
         now = (float(self.events), self.clock if self.clock is not None else math.nan)
         origin = self.first_clock if self.first_clock is not None else math.nan
-        touched, before, after = self.docs.add(rows, weights, vectors, times, now, origin)
-        self.publisher.changed.update(touched.tolist())
-        self.selector.sums_changed(touched, before, after)
+        self.docs.add(rows, weights, vectors, times, now, origin)
 
     # --- gamma ----------------------------------------------------------------------------------
 

@@ -38,35 +38,40 @@ def fine_tuned(docs: DocumentTable, rows: np.ndarray, gamma: float, method: str)
 
 
 class Publisher:
-    """What changed since the last publication, and the updates it calls for."""
+    """The updates that the changes since the last publication call for.
+
+    Candidates are the rows the document table's change log lists since this publisher's mark,
+    every nudged row after a change of gamma, and the rows forced out (``publish.initial``).
+    """
 
     def __init__(self, method: str, similarity: str, min_change: float, encoding: str):
         self.method = method
         self.similarity = similarity
         self.min_change = min_change
         self.encoding = encoding
-        self.changed: set[int] = set()  # rows whose sum or original changed
+        self.mark = 0  # in the document table's change log: what was looked at
         self.forced: set[int] = set()  # rows to publish whatever they moved
         self.gamma_changed = False  # every nudged document is a candidate
 
+    def force(self, row: int) -> None:
+        """Publish ``row`` at the next publication, whatever it moved."""
+        self.forced.add(row)
+
     def forget(self, row: int) -> None:
         """A deleted document: nothing to publish for it (its tombstone is the engine's)."""
-        self.changed.discard(row)
         self.forced.discard(row)
 
     def publish(self, docs: DocumentTable, gamma: float, generation: int) -> Updates | None:
         """The updates for everything noted since the last call, with generations from
         ``generation + 1`` on; None when nothing moved enough."""
-        candidates = set(self.changed)
+        rows = docs.changes.since(self.mark)
+        self.mark = docs.changes.mark
         if self.gamma_changed:
-            candidates.update(docs.nudged_rows().tolist())
-        self.changed.clear()
+            rows = np.union1d(rows, docs.nudged_rows())
         self.gamma_changed = False
         forced, self.forced = self.forced, set()
-        if not candidates:
+        if len(rows) == 0:
             return None
-        rows = np.fromiter(candidates, dtype=np.int64, count=len(candidates))
-        rows.sort()
         rows = rows[docs.alive[rows]]
         slots = docs.slot_of[rows]
         seen = slots >= 0
@@ -109,14 +114,19 @@ class Publisher:
             self.encoding,
         )
 
-    def to_state(self) -> dict:
+    def to_state(self, docs: DocumentTable | None) -> dict:
+        changed = docs.changes.since(self.mark).tolist() if docs is not None else []
         return {
-            "changed": sorted(self.changed),
+            "changed": changed,
             "forced": sorted(self.forced),
             "gamma_changed": self.gamma_changed,
         }
 
-    def restore(self, meta: dict) -> None:
-        self.changed = set(meta["changed"])
+    def restore(self, meta: dict, docs: DocumentTable | None) -> None:
+        """The state :meth:`to_state` recorded; ``docs`` (restored first) gets the changes this
+        publisher had not looked at back in its change log."""
+        if docs is not None:
+            self.mark = docs.changes.mark
+            docs.changes.touch(np.array(meta["changed"], dtype=np.int64))
         self.forced = set(meta["forced"])
         self.gamma_changed = bool(meta["gamma_changed"])

@@ -13,7 +13,7 @@ most of that does not change: a few queries enter the window and a few documents
   scores), so that a change of any of those is seen.
 
 At a selection it recomputes the rows of new queries, the columns of documents whose sum or
-original changed (the document table's slot versions say which), and the curves of queries
+original changed (their versions in the document table's change log say which), and the curves of queries
 that are new, whose inputs changed, or that a changed document can reach. A changed document
 can reach a query when, before or after the change, its score curve can come within rounding of
 one of the query's answers where it matters:
@@ -153,7 +153,7 @@ class SelectionCache:
         the columns whose values are new (modified, then added)."""
         n = self.n_cols
         slots = docs.slot_of[nudged]
-        versions = docs.versions[slots]
+        versions = docs.changes.versions[nudged]
         rows = self.col_rows[:n]
         pos = where[rows]
         alive = pos >= 0
@@ -194,7 +194,7 @@ class SelectionCache:
         fresh = np.concatenate([modified, np.arange(m, total)])
         fresh_rows = self.col_rows[fresh]
         self.col_slots[fresh] = docs.slot_of[fresh_rows]
-        self.col_versions[fresh] = docs.versions[self.col_slots[fresh]]
+        self.col_versions[fresh] = docs.changes.versions[fresh_rows]
         return old, fresh
 
     # --- the selection ------------------------------------------------------------------------

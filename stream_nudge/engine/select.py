@@ -1,10 +1,10 @@
 """Selecting gamma on the validation window, and keeping the window's score caches in step.
 
 :class:`GammaSelector` owns what a selection keeps between two selections: the score tables and
-per-query curves (:class:`~stream_nudge.engine.scores.SelectionCache`), the documents whose
-status for the window's untouched-score caches changed since the last selection, and the
-reports of past selections. The engine says what happened to documents and asks for a
-selection; the selector answers with a :class:`SelectionReport` (gamma in force, the best
+per-query curves (:class:`~stream_nudge.engine.scores.SelectionCache`), its mark in the document
+table's change log (the documents changed since it last brought the window's untouched-score
+caches up to date), and the reports of past selections. The engine asks for a selection; the
+selector answers with a :class:`SelectionReport` (gamma in force, the best
 region, the objective before and after).
 """
 
@@ -58,29 +58,9 @@ class GammaSelector:
     ):
         self.min_improvement = min_improvement
         self.cache = SelectionCache(capacity, method, objective, max_gamma, limit_bytes=cache_bytes)
-        # Since the last selection: rows to take out of the window's untouched-score caches,
-        # and rows to offer them (untouched again, or new).
-        self.leave: set[int] = set()
-        self.enter: set[int] = set()
+        self.mark = 0  # in the document table's change log: what the window's caches reflect
         self.last: SelectionReport | None = None
         self.history: list[SelectionReport] = []
-
-    # --- what happened to documents -------------------------------------------------------------
-
-    def upserted(self, row: int) -> None:
-        """A new or replaced original: its cached scores (if untouched) are stale; it re-enters."""
-        self.leave.add(row)
-        self.enter.add(row)
-
-    def deleted(self, row: int) -> None:
-        self.leave.add(row)
-        self.enter.discard(row)
-
-    def sums_changed(self, rows: np.ndarray, before: np.ndarray, after: np.ndarray) -> None:
-        """Documents that start moving leave the untouched pool, those whose sum cancelled to
-        zero come back to it (``before``/``after``: whether each row's sum was non-zero)."""
-        self.leave.update(rows[after & ~before].tolist())
-        self.enter.update(rows[before & ~after].tolist())
 
     # --- the selection ------------------------------------------------------------------------
 
@@ -128,27 +108,40 @@ class GammaSelector:
         return report
 
     def sync_caches(self, docs: DocumentTable, window: ValidationWindow) -> None:
-        """Bring the window's untouched-score caches up to what happened to documents."""
-        leave = np.array(sorted(self.leave | self.enter), dtype=np.int64)
-        window.forget(leave)
-        enter = np.array(sorted(self.enter), dtype=np.int64)
+        """Bring the window's untouched-score caches up to what happened to documents.
+
+        Every changed document leaves the caches (it was nudged, deleted or replaced, or it may
+        have been); those untouched now enter them again with their current originals.
+        """
+        changed = docs.changes.since(self.mark)
+        self.mark = docs.changes.mark
+        window.forget(changed)
+        enter = changed[docs.alive[changed]]
+        enter = enter[~docs.is_nudged(enter)]
         if len(enter):
-            enter = enter[docs.alive[enter]]
-            enter = enter[~docs.is_nudged(enter)]
             window.offer(enter, docs.originals[enter], [docs.ids[r] for r in enter])
-        self.leave.clear()
-        self.enter.clear()
 
     # --- state ----------------------------------------------------------------------------------
 
-    def to_state(self) -> dict:
-        """What a restored engine needs (the cache is rebuilt: its first selection is from
+    def to_state(self, docs: DocumentTable | None) -> dict:
+        """What a restored engine needs: the documents changed since the window's caches were
+        last brought up to date (the score cache is rebuilt: its first selection is from
         scratch)."""
-        return {"leave_caches": sorted(self.leave), "enter_caches": sorted(self.enter)}
+        changed = docs.changes.since(self.mark).tolist() if docs is not None else []
+        return {"changed_since_caches": changed}
 
-    def restore(self, meta: dict) -> None:
-        self.leave = set(meta["leave_caches"])
-        self.enter = set(meta["enter_caches"])
+    def restore(self, meta: dict, docs: DocumentTable | None) -> None:
+        """The state :meth:`to_state` recorded; ``docs`` (restored first) gets those changes
+        back in its change log. Checkpoints from before the change log listed the documents
+        to take out of the caches and to offer them."""
+        if docs is None:
+            return
+        self.mark = docs.changes.mark
+        if "changed_since_caches" in meta:
+            changed = meta["changed_since_caches"]
+        else:
+            changed = sorted(set(meta["leave_caches"]) | set(meta["enter_caches"]))
+        docs.changes.touch(np.array(changed, dtype=np.int64))
 
 
 def _window_answers(docs: DocumentTable, window: ValidationWindow):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stream_nudge.core.geometry import rotation, turnable, unit_rows
+from stream_nudge.engine.changes import ChangeLog
 
 __all__ = ["Decay", "DocumentTable"]
 
@@ -115,9 +116,9 @@ class DocumentTable:
         self._geo_tangent = np.zeros((0, dim), dtype=np.float32)
         self._geo_angle = np.zeros(slot_capacity, dtype=np.float64)
         self._geo_turnable = np.zeros(slot_capacity, dtype=bool)
-        # Bumped whenever a slot's sum or original changes (or the slot changes hands): whoever
-        # keeps something derived from a document can tell whether it is still current.
-        self.versions = np.zeros(slot_capacity, dtype=np.int64)
+        # Every change of a row (original set, clicks added, deleted), for whoever keeps
+        # something derived from documents: the publisher, the selector and its caches.
+        self.changes = ChangeLog(capacity)
         self.free_slots: list[int] = []
         self.n_slots = 0
 
@@ -185,6 +186,7 @@ class DocumentTable:
         if row is not None:
             self.originals[row] = unit
             self._forget_geometry(self.slot_of[[row]])
+            self.changes.touch(row)
             return row, False
         if self.free_rows:
             row = self.free_rows.pop()
@@ -197,6 +199,7 @@ class DocumentTable:
         self.alive[row] = True
         self.ids[row] = doc_id
         self.row_of[doc_id] = row
+        self.changes.touch(row)
         return row, True
 
     def delete(self, doc_id: str) -> int | None:
@@ -219,6 +222,7 @@ class DocumentTable:
             self.free_slots.append(slot)
             self.slot_of[row] = -1
         self.free_rows.append(row)
+        self.changes.touch(row)
         return row
 
     def _grow_rows(self, capacity: int) -> None:
@@ -226,6 +230,7 @@ class DocumentTable:
         self.alive = _grown(self.alive, capacity, False)
         self.slot_of = _grown(self.slot_of, capacity, -1)
         self.ids.extend([None] * (capacity - len(self.ids)))
+        self.changes.grow(capacity)
 
     # --- query sums ---------------------------------------------------------------------------
 
@@ -283,7 +288,6 @@ class DocumentTable:
             self._geo_plane_ok = _grown(self._geo_plane_ok, capacity, False)
             self._geo_angle = _grown(self._geo_angle, capacity)
             self._geo_turnable = _grown(self._geo_turnable, capacity, False)
-            self.versions = _grown(self.versions, capacity)
         out = np.empty(count, dtype=np.int64)
         out[: len(reused)] = reused
         out[len(reused) :] = np.arange(self.n_slots, self.n_slots + fresh)
@@ -358,7 +362,9 @@ class DocumentTable:
         before = self.moving[touched]
         self.moving[touched] = after
         self._forget_geometry(touched)
-        return self.row_of_slot[touched], before, after
+        touched_rows = self.row_of_slot[touched]
+        self.changes.touch(touched_rows)
+        return touched_rows, before, after
 
     def _age(self, slots, times: np.ndarray, now: tuple[float, float], origin: float) -> np.ndarray:
         """Bring ``slots``' sums forward to ``now``; return the clicks' discounts at ``now``."""
@@ -385,7 +391,6 @@ class DocumentTable:
 
     def _forget_geometry(self, slots: np.ndarray) -> None:
         slots = slots[slots >= 0]
-        self.versions[slots] += 1
         self._geo_dir_ok[slots] = False
         self._geo_plane_ok[slots] = False
 
