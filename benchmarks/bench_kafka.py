@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 from stream_nudge.config import load_config  # noqa: E402
 from stream_nudge.engine import Engine  # noqa: E402
 from stream_nudge.kafka import KafkaSink, KafkaSource, ensure_topics  # noqa: E402
+from stream_nudge.loop import run  # noqa: E402
 
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
@@ -207,10 +208,16 @@ def throughput(
     engine = Engine(config)
     sink = KafkaSink(config)
     source = KafkaSource(config)
-    while engine.docs is None or len(engine.docs) < n_docs or engine.events < warm_events:
-        batch = source.next_batch(config.kafka.max_poll_records)
-        if batch:
-            sink.write(engine.process(batch))
+    batch_size = config.kafka.max_poll_records
+    run(
+        engine,
+        source,
+        sink,
+        batch_size,
+        stop=lambda: (
+            engine.docs is not None and len(engine.docs) >= n_docs and engine.events >= warm_events
+        ),
+    )
     sink.write(engine.reselect())
     sink.flush()
     warm_gamma = engine.gamma
@@ -231,10 +238,8 @@ def throughput(
         sent = sink.updates_sent
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         t0 = time.perf_counter()
-        while engine.events < warm_events + (r + 1) * n_events:
-            batch = source.next_batch(config.kafka.max_poll_records)
-            if batch:
-                sink.write(engine.process(batch))
+        target = warm_events + (r + 1) * n_events
+        run(engine, source, sink, batch_size, stop=lambda t=target: engine.events >= t)
         sink.flush()  # the clock stops when the last update is acknowledged
         mine = time.perf_counter() - t0
         cpu = {name: 1e6 * (cpu_seconds(pid) - cpu0[name]) / n_events for name, pid in pids.items()}

@@ -40,14 +40,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from profiling import profiled
 
-from stream_nudge.app import pump
 from stream_nudge.config import load_config
 from stream_nudge.engine import Engine
+from stream_nudge.loop import Ending, run
 from stream_nudge.messages import Record
 from stream_nudge.sinks import JsonlSink
 from stream_nudge.sources import JsonlSource
 
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
+# The run loop without its final selection, which ingest times on its own.
+NO_SELECTION = Ending(select=False)
 
 
 def b64(v: np.ndarray) -> str:
@@ -129,10 +131,16 @@ def ingest(n_docs: int, n_events: int, dim: int, repeat: int, profile: bool = Fa
                 own_times.append(own_decoder_loop(events_path, "query_embedding"))
                 engine = Engine(config)
                 sink = JsonlSink(folder / "out.jsonl")
-                pump(engine, JsonlSource(docs_path, None), sink, config.replay.batch_size)
+                run(
+                    engine,
+                    JsonlSource(docs_path, None),
+                    sink,
+                    config.replay.batch_size,
+                    ending=NO_SELECTION,
+                )
                 source = JsonlSource(None, events_path)
                 t0 = time.perf_counter()
-                pump(engine, source, sink, config.replay.batch_size)
+                run(engine, source, sink, config.replay.batch_size, ending=NO_SELECTION)
                 engine_times.append(time.perf_counter() - t0)
                 if round_ == 0:
                     t0 = time.perf_counter()
@@ -155,10 +163,18 @@ def ingest(n_docs: int, n_events: int, dim: int, repeat: int, profile: bool = Fa
             if profile:
                 engine = Engine(config)
                 sink = JsonlSink(folder / "out.jsonl")
-                pump(engine, JsonlSource(docs_path, None), sink, config.replay.batch_size)
+                run(
+                    engine,
+                    JsonlSource(docs_path, None),
+                    sink,
+                    config.replay.batch_size,
+                    ending=NO_SELECTION,
+                )
                 source = JsonlSource(None, events_path)
                 profiled(
-                    lambda e=engine, s=source, k=sink: pump(e, s, k, config.replay.batch_size),
+                    lambda e=engine, s=source, k=sink: run(
+                        e, s, k, config.replay.batch_size, ending=NO_SELECTION
+                    ),
                     f"ingest, {encoding} vectors (the events only)",
                 )
                 sink.close()

@@ -1,20 +1,20 @@
-"""Wiring: a source, the engine and a sink, pumped until the source ends (replay) or is stopped."""
+"""``stream-nudge replay``: JSONL files through the run loop into JSONL files, and its summary."""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from stream_nudge.config import Config
 from stream_nudge.engine import Engine
-from stream_nudge.sinks import JsonlSink, Sink
-from stream_nudge.sources import JsonlSource, Source, TimeOrderedSource
+from stream_nudge.loop import Ending, run
+from stream_nudge.sinks import JsonlSink
+from stream_nudge.sources import JsonlSource, TimeOrderedSource
 
-__all__ = ["Summary", "pump", "replay", "summarize"]
+__all__ = ["Summary", "replay", "summarize"]
 
 
 @dataclass
@@ -112,26 +112,6 @@ def summarize(engine: Engine, seconds: float) -> Summary:
     )
 
 
-def pump(
-    engine: Engine,
-    source: Source,
-    sink: Sink,
-    batch_size: int,
-    on_batch: Callable[[], None] | None = None,
-    stop: Callable[[], bool] = lambda: False,
-) -> bool:
-    """Feed ``source`` through ``engine`` into ``sink``; True if the source ended (not stopped)."""
-    while not stop():
-        batch = source.next_batch(batch_size)
-        if batch is None:
-            return True
-        if batch:
-            sink.write(engine.process(batch))
-        if on_batch is not None:
-            on_batch()
-    return False
-
-
 class _Progress:
     """A one-line progress bar on a terminal: events/s and the time left, by bytes read."""
 
@@ -143,7 +123,7 @@ class _Progress:
         self.started = time.monotonic()
         self.last = 0.0
 
-    def __call__(self) -> None:
+    def __call__(self, _batch=None) -> None:
         now = time.monotonic()
         if not self.enabled or now - self.last < 0.2:
             return
@@ -190,10 +170,8 @@ def replay(
     sink = JsonlSink(out, dead_letter)
     bar = _Progress(engine, source) if progress else None
     try:
-        pump(engine, source, sink, config.replay.batch_size, bar)
-        sink.write(engine.finish())
-        if config.pending.dead_letter_at_end:
-            sink.write(engine.drain_pending())
+        ending = Ending(select=True, drain_pending=config.pending.dead_letter_at_end)
+        run(engine, source, sink, config.replay.batch_size, ending=ending, on_batch=bar)
     finally:
         if bar is not None:
             bar.close()

@@ -13,7 +13,7 @@ import math
 import os
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import yaml
 
 from stream_nudge.core.objectives import parse_objective
 
-__all__ = ["Config", "ConfigError", "load_config"]
+__all__ = ["Config", "ConfigError", "EngineParams", "load_config"]
 
 
 class ConfigError(ValueError):
@@ -206,6 +206,37 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True)
+class EngineParams:
+    """The engine's part of the configuration: what NUDGE needs to know, and nothing about where
+    records come from or go (no Kafka, files, checkpoints or metrics). ``Config.engine_params()``
+    takes it from the whole tree; the sections are the tree's own, checked with it."""
+
+    method: str = "nudge-n"
+    objective: str = "hit@1"
+    dimension: int | None = None
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    gamma: GammaConfig = field(default_factory=GammaConfig)
+    decay: DecayConfig = field(default_factory=DecayConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    pending: PendingConfig = field(default_factory=PendingConfig)
+    queries: QueriesConfig = field(default_factory=QueriesConfig)
+    contract: ContractConfig = field(default_factory=ContractConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    @property
+    def similarity(self) -> str:
+        """What search backends should rank the published vectors by."""
+        return "cosine" if self.method == "nudge-n" else "dot"
+
+    @property
+    def min_improvement(self) -> float:
+        """The hysteresis of a change of gamma (default: one query of the window)."""
+        if self.gamma.min_improvement is not None:
+            return self.gamma.min_improvement
+        return 1.0 / max(self.validation.window, 1)
+
+
+@dataclass(frozen=True)
 class Config:
     #: "nudge-n" (unit-norm output, cosine or dot) or "nudge-m" (dot product only).
     method: str = "nudge-n"
@@ -228,16 +259,17 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
 
+    def engine_params(self) -> EngineParams:
+        """The engine's part of this configuration."""
+        return EngineParams(**{f.name: getattr(self, f.name) for f in fields(EngineParams)})
+
     @property
     def similarity(self) -> str:
-        """What search backends should rank the published vectors by."""
-        return "cosine" if self.method == "nudge-n" else "dot"
+        return self.engine_params().similarity
 
     @property
     def min_improvement(self) -> float:
-        if self.gamma.min_improvement is not None:
-            return self.gamma.min_improvement
-        return 1.0 / max(self.validation.window, 1)
+        return self.engine_params().min_improvement
 
     def __post_init__(self) -> None:
         _check(self)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from stream_nudge.app import pump
 from stream_nudge.config import Config, load_config
 from stream_nudge.engine import Engine
+from stream_nudge.loop import run
 from stream_nudge.messages import Record
 from stream_nudge.sinks import MemorySink
 from stream_nudge.sources import MemorySource
@@ -144,8 +144,7 @@ def run_demo(config: Config | None = None, print_fn=print) -> dict[str, tuple[fl
         )
         engine = Engine(config)
         sink = MemorySink()
-        pump(engine, MemorySource(data.docs + data.events), sink, config.replay.batch_size)
-        sink.write(engine.finish())
+        run(engine, MemorySource(data.docs + data.events), sink, config.replay.batch_size)
         ids, embeddings = engine.adjusted()
         order = np.argsort([int(i.split("-")[1]) for i in ids])
         embeddings = embeddings[order]

@@ -39,9 +39,11 @@ from stream_nudge.config import Config, DecayConfig
 from stream_nudge.core.finetune import fine_tune
 from stream_nudge.core.geometry import unit_rows
 from stream_nudge.engine import Engine
+from stream_nudge.loop import Ending, run
 from stream_nudge.messages import DeadLetter, Decoder, DocDelete, DocUpsert, Event, is_validation
 from stream_nudge.metrics import retrieval_metrics
-from stream_nudge.sources import JsonlSource
+from stream_nudge.sinks import DiscardSink
+from stream_nudge.sources import JsonlSource, MemorySource
 
 __all__ = ["EvaluationError", "Report", "TestSet", "evaluate", "read_test_set"]
 
@@ -311,17 +313,15 @@ def _splits(config: Config, logs: Logs):
 def _streaming(config: Config, logs: Logs, score: _Scorer, every: int):
     """Replay the logs through a fresh engine; the curve and the final metrics."""
     engine = Engine(config)
-    batch = config.replay.batch_size
-    for start in range(0, len(logs.doc_records), batch):
-        engine.process(logs.doc_records[start : start + batch])
+    batch, nowhere = config.replay.batch_size, DiscardSink()
+    run(engine, MemorySource(logs.doc_records), nowhere, batch, ending=Ending(select=False))
     ids, embeddings = engine.adjusted()
     curve = [{"events": 0, "gamma": engine.gamma, **score(ids, embeddings)}]
     records = logs.event_records
     for start in range(0, len(records), every):
         stop = min(start + every, len(records))
-        for chunk in range(start, stop, batch):
-            engine.process(records[chunk : min(chunk + batch, stop)])
-        engine.reselect()
+        # Each point of the curve is where a replay of the events so far would end.
+        run(engine, MemorySource(records[start:stop]), nowhere, batch)
         ids, embeddings = engine.adjusted()
         point = score(ids, embeddings)
         curve.append({"events": stop, "gamma": engine.gamma, **point})

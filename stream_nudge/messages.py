@@ -13,7 +13,7 @@ import hashlib
 import math
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -27,9 +27,12 @@ __all__ = [
     "DocDelete",
     "DocUpsert",
     "Event",
+    "OutputMessage",
     "Record",
+    "Tombstone",
     "Updates",
     "encode_dead_letter",
+    "encode_output",
     "encode_tombstone",
     "encode_update",
     "is_validation",
@@ -731,8 +734,8 @@ def encode_update(
 class Updates:
     """Update messages not yet encoded: what they share and, per document, id, vector, generation.
 
-    The engine hands these to its sinks as they are, so that a sink that sends them elsewhere
-    (the Kafka producer process) can encode them there rather than in the engine's process.
+    The engine hands these to its sinks as they are: a sink encodes them (:func:`encode_output`),
+    where it sees fit (the Kafka sink in its producer process).
     """
 
     ids: list[str]
@@ -746,8 +749,8 @@ class Updates:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def encoded(self) -> list[tuple[str, bytes, bytes, int]]:
-        """``(key, value, line, generation)`` per update, as :class:`Output.messages` holds them."""
+    def encoded(self) -> list[OutputMessage]:
+        """One :class:`OutputMessage` per update."""
         out = []
         for doc_id, vector, generation in zip(
             self.ids, self.vectors, self.generations.tolist(), strict=True
@@ -761,8 +764,40 @@ class Updates:
                 self.similarity,
                 self.encoding,
             )
-            out.append((doc_id, value, value, generation))
+            out.append(OutputMessage(doc_id, value, value, generation))
         return out
+
+
+class Tombstone(NamedTuple):
+    """A deleted document, for the updates stream."""
+
+    id: str
+    generation: int
+
+
+class OutputMessage(NamedTuple):
+    """One message of the updates stream, encoded.
+
+    ``value`` is the update, or None for a deleted document (a Kafka tombstone); ``line`` is the
+    JSONL form (the update itself, or ``{"id": ..., "deleted": true, "generation": ...}``).
+    """
+
+    key: str
+    value: bytes | None
+    line: bytes
+    generation: int
+
+
+def encode_output(tombstones: list[Tombstone], updates: Updates | None) -> list[OutputMessage]:
+    """The updates stream's messages for one engine call: tombstones first, then updates (the
+    order in which the engine produced them, and in which a sink writes them)."""
+    out = [
+        OutputMessage(t.id, None, encode_tombstone(t.id, t.generation), t.generation)
+        for t in tombstones
+    ]
+    if updates is not None:
+        out.extend(updates.encoded())
+    return out
 
 
 def encode_tombstone(doc_id: str, generation: int) -> bytes:

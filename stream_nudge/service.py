@@ -25,7 +25,7 @@ from collections import Counter
 
 from stream_nudge.checkpoint import CheckpointError, CheckpointStore, StateDirectoryError
 from stream_nudge.config import Config
-from stream_nudge.engine import Engine, Output, restore, snapshot
+from stream_nudge.engine import Changes, Engine, restore, snapshot
 from stream_nudge.kafka import (
     ClientError,
     KafkaSink,
@@ -35,7 +35,9 @@ from stream_nudge.kafka import (
     is_configuration_error,
     last_generation,
 )
+from stream_nudge.loop import run
 from stream_nudge.observability import Metrics
+from stream_nudge.sinks import Sink
 
 __all__ = ["Service"]
 
@@ -44,6 +46,23 @@ log = logging.getLogger(__name__)
 
 class _Restart(Exception):
     """Go back to the last checkpoint and reconnect."""
+
+
+class _MeteredSink:
+    """The Kafka sink, counting what goes through it in the metrics."""
+
+    def __init__(self, sink: Sink, metrics: Metrics):
+        self.sink, self.metrics = sink, metrics
+
+    def write(self, changes: Changes) -> None:
+        self.sink.write(changes)
+        self.metrics.updates.inc(changes.message_count)
+        for letter in changes.dead_letters:
+            self.metrics.dead_letters.labels(letter.reason).inc()
+        for report in changes.selections:
+            self.metrics.reselection_seconds.observe(report.seconds)
+            self.metrics.score.labels("before").set(report.value_before)
+            self.metrics.score.labels("after").set(report.value_after)
 
 
 class Service:
@@ -60,7 +79,6 @@ class Service:
         self.sink: KafkaSink | None = None
         self.offsets: dict = {}
         self.last_checkpoint = time.monotonic()
-        self.last_input = time.monotonic()
         self.metrics_port: int | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -97,11 +115,12 @@ class Service:
             self.metrics.close()
             return 1
         backoff = 0.5
+        saved = True
         while not self.stop_requested:
             try:
                 self._connect()
                 backoff = 0.5
-                self._loop()
+                self._loop()  # returns once stopped, after the final checkpoint
             except StateDirectoryError as exc:
                 # Not Kafka trouble: going back to the last checkpoint and reading again would
                 # only fail the same way, forever, while looking alive. Stop, unhealthy, loudly.
@@ -118,6 +137,10 @@ class Service:
                     self._disconnect()
                     self.metrics.close()
                     return 2
+                if self.stop_requested:
+                    log.error("final checkpoint failed (%s); the previous one stands", exc)
+                    saved = False
+                    break
                 log.warning(
                     "Kafka trouble (%s: %s); retrying in %.1f s",
                     exc.__class__.__name__,
@@ -134,7 +157,10 @@ class Service:
                 except (CheckpointError, ValueError) as err:
                     log.error("cannot restore the checkpoint: %s", err)
                     return 1
-        return 0 if self._shutdown() else 1
+        self._disconnect()
+        self.metrics.close()
+        log.info("stopped")
+        return 0 if saved else 1
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -181,55 +207,35 @@ class Service:
                     log.debug("closing %s: %s", edge.__class__.__name__, exc)
         self.source = self.sink = None
 
-    def _shutdown(self) -> bool:
-        """The final checkpoint, then close everything; False if that checkpoint failed."""
-        saved = True
-        try:
-            if self.source is not None and self.sink is not None:
-                self.checkpoint()
-        except (ClientError, SinkError, OSError, StateDirectoryError) as exc:
-            log.error("final checkpoint failed (%s); the previous one stands", exc)
-            saved = False
-        self._disconnect()
-        self.metrics.close()
-        log.info("stopped")
-        return saved
-
     # --- the loop -------------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        """The run loop (stream_nudge.loop) between the Kafka source and sink, committed by
+        checkpoints; it returns once a stop is requested, after the final checkpoint."""
         c = self.config
-        while not self.stop_requested:
-            self.metrics.tick()
-            batch = self.source.next_batch(c.kafka.max_poll_records)
-            now = time.monotonic()
-            if batch:
-                self.last_input = now
-                self._emit(self.engine.process(batch))
-                for topic, n in Counter(record.topic for record in batch).items():
-                    self.metrics.events.labels(topic).inc(n)
-            elif (
-                self.engine.events_since_selection > 0
-                and now - self.last_input >= c.service.idle_select_seconds
-                and self.source.caught_up()
-            ):
-                # Caught up and idle: the live counterpart of replay's final selection.
-                self._emit(self.engine.reselect())
-            if now - self.last_checkpoint >= c.checkpoint.every_seconds:
-                self.checkpoint()
-            self._observe()
+        run(
+            self.engine,
+            self.source,
+            _MeteredSink(self.sink, self.metrics),
+            c.kafka.max_poll_records,
+            committer=self,
+            stop=lambda: self.stop_requested,
+            idle_select_seconds=c.service.idle_select_seconds,
+            on_batch=self._observe,
+        )
 
-    def _emit(self, output: Output) -> None:
-        self.sink.write(output)
-        self.metrics.updates.inc(output.message_count)
-        for letter in output.dead_letters:
-            self.metrics.dead_letters.labels(letter.reason).inc()
-        for report in output.selections:
-            self.metrics.reselection_seconds.observe(report.seconds)
-            self.metrics.score.labels("before").set(report.value_before)
-            self.metrics.score.labels("after").set(report.value_after)
+    # The committer of the run loop: a checkpoint every checkpoint.every_seconds.
 
-    def _observe(self) -> None:
+    def due(self, now: float) -> bool:
+        return now - self.last_checkpoint >= self.config.checkpoint.every_seconds
+
+    def commit(self) -> None:
+        self.checkpoint()
+
+    def _observe(self, batch: list) -> None:
+        self.metrics.tick()
+        for topic, n in Counter(record.topic for record in batch).items():
+            self.metrics.events.labels(topic).inc(n)
         e = self.engine
         self.metrics.gamma.set(e.gamma)
         self.metrics.pending.set(e.pending_count)

@@ -1,7 +1,8 @@
 """Sinks: where updates and dead letters go. JSONL files and memory here; Kafka in ``stream_nudge.kafka``.
 
-One interface: ``write(output)`` takes an engine :class:`~stream_nudge.engine.Output` (updates and
-tombstones in order, dead letters), ``flush()`` makes everything written durable, ``close()``.
+One interface: ``write(changes)`` takes what the engine produced
+(:class:`~stream_nudge.engine.Changes`: tombstones and updates, dead letters) and encodes it,
+``flush()`` makes everything written durable, ``close()``.
 """
 
 from __future__ import annotations
@@ -12,30 +13,43 @@ from typing import Protocol
 
 import orjson
 
-from stream_nudge.engine import Output
-from stream_nudge.messages import encode_dead_letter
+from stream_nudge.engine import Changes
+from stream_nudge.messages import OutputMessage, encode_dead_letter, encode_output
 
-__all__ = ["JsonlSink", "MemorySink", "Sink"]
+__all__ = ["DiscardSink", "JsonlSink", "MemorySink", "Sink"]
 
 
 class Sink(Protocol):
-    def write(self, output: Output) -> None: ...
+    def write(self, changes: Changes) -> None: ...
 
     def flush(self) -> None: ...
 
     def close(self) -> None: ...
 
 
+class DiscardSink:
+    """Writes nothing: for runs whose results are read from the engine (``evaluate``)."""
+
+    def write(self, changes: Changes) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class MemorySink:
     """Keeps everything in lists (for tests and the demo)."""
 
     def __init__(self):
-        self.messages: list[tuple[str, bytes | None, bytes, int]] = []
+        self.messages: list[OutputMessage] = []
         self.dead_letters = []
 
-    def write(self, output: Output) -> None:
-        self.messages.extend(output.messages)
-        self.dead_letters.extend(output.dead_letters)
+    def write(self, changes: Changes) -> None:
+        self.messages.extend(encode_output(changes.tombstones, changes.updates))
+        self.dead_letters.extend(changes.dead_letters)
 
     def latest(self) -> dict[str, dict | None]:
         """The updates reduced by key, as a compacted topic would keep them (None: deleted)."""
@@ -59,12 +73,13 @@ class JsonlSink:
         self._out = Path(out).open("wb")  # noqa: SIM115
         self._dead = Path(dead_letter).open("wb") if dead_letter is not None else None  # noqa: SIM115
 
-    def write(self, output: Output) -> None:
-        lines = [line for _, _, line, _ in output.messages]
+    def write(self, changes: Changes) -> None:
+        lines = [m.line for m in encode_output(changes.tombstones, changes.updates)]
         if lines:
             self._out.write(b"\n".join(lines) + b"\n")
-        if self._dead is not None and output.dead_letters:
-            self._dead.write(b"\n".join(encode_dead_letter(d) for d in output.dead_letters) + b"\n")
+        if self._dead is not None and changes.dead_letters:
+            letters = changes.dead_letters
+            self._dead.write(b"\n".join(encode_dead_letter(d) for d in letters) + b"\n")
 
     def flush(self) -> None:
         for f in (self._out, self._dead):

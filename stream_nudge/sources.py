@@ -4,6 +4,8 @@ Every source implements one interface, so replaying a log and consuming Kafka ru
 
 - ``next_batch(max_records)`` returns the next records, or ``None`` at the end of the input (a live
   source never ends; it returns ``[]`` when nothing is there yet);
+- ``caught_up()`` says whether everything there is to read has been read, for now (a file is
+  always caught up: it never makes a reader wait);
 - ``position()`` says where to resume: everything before it has been returned.
 """
 
@@ -28,6 +30,8 @@ _CHUNK = 1 << 20
 class Source(Protocol):
     def next_batch(self, max_records: int) -> list[Record] | None: ...
 
+    def caught_up(self) -> bool: ...
+
     def position(self) -> dict: ...
 
     def close(self) -> None: ...
@@ -46,6 +50,9 @@ class MemorySource:
         batch = self._records[self._next : self._next + max_records]
         self._next += len(batch)
         return batch
+
+    def caught_up(self) -> bool:
+        return True  # never waits: everything is read or the input has ended
 
     def position(self) -> dict:
         return {"next": self._next}
@@ -156,6 +163,9 @@ class JsonlSource:
             self._next = stop
         return batch or None
 
+    def caught_up(self) -> bool:
+        return True  # never waits: everything is read or the input has ended
+
     def position(self) -> dict:
         if 0 < self._next < len(self._ready):
             # Inside a chunk: right after the last record returned.
@@ -256,6 +266,9 @@ class TimeOrderedSource:
             batch.append(self._heads[i][self._at[i]])
             self._at[i] += 1
         return batch or None
+
+    def caught_up(self) -> bool:
+        return True  # never waits: everything is read or the input has ended
 
     def position(self) -> dict:
         return {"docs": self._sources[0].position(), "events": self._sources[1].position()}

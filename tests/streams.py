@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from stream_nudge.app import pump
 from stream_nudge.config import load_config
 from stream_nudge.engine import Engine
+from stream_nudge.loop import run
 from stream_nudge.messages import Record
 from stream_nudge.sinks import MemorySink
 from stream_nudge.sources import MemorySource
@@ -101,8 +101,7 @@ def run_engine(recs, overrides=None, batch_size=1000):
         batch_size = batch_size // 7 + 1
     engine = Engine(load_config(overrides=overrides or {}))
     sink = MemorySink()
-    pump(engine, MemorySource(recs), sink, batch_size)
-    sink.write(engine.finish())
+    run(engine, MemorySource(recs), sink, batch_size)
     return engine, sink
 
 

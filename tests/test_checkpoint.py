@@ -10,7 +10,7 @@ from test_engine_behaviour import toy
 from stream_nudge.checkpoint import CheckpointError, CheckpointStore
 from stream_nudge.config import load_config
 from stream_nudge.engine import Engine, restore, snapshot
-from stream_nudge.messages import Record
+from stream_nudge.messages import Record, encode_output
 
 OVERRIDES = {
     "gamma": {"every_events": 7},
@@ -45,7 +45,7 @@ def run(recs, engine, batch=5):
 
 
 def messages(outputs):
-    return [m for o in outputs for m in o.messages]
+    return [m for o in outputs for m in encode_output(o.tombstones, o.updates)]
 
 
 # Checkpoints fall between batches; splits are batch boundaries (batches of 5). With decay the

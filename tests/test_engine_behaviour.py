@@ -114,7 +114,7 @@ def test_published_vectors_are_the_engines_embeddings():
     for doc_id, body in sink.latest().items():
         assert (
             np.abs(np.array(body["embedding"]) - current[doc_id]).max()
-            <= engine.config.publish.min_change
+            <= engine.params.publish.min_change
         )
         assert body["gamma"] == engine.gamma
 
@@ -172,7 +172,7 @@ def test_split_by_stable_hash_of_the_query_id():
 
 def test_gamma_zero_publishes_nothing_and_empty_input_is_fine():
     engine = Engine(load_config())
-    assert engine.finish().messages == []
+    assert engine.finish().message_count == 0
     assert engine.adjusted()[0] == []
 
 
@@ -207,7 +207,7 @@ def test_clicks_left_by_a_failed_batch_keep_their_own_vectors(monkeypatch):
     def fail(*args):
         raise RuntimeError("stopped half way")
 
-    monkeypatch.setattr(engine, "_validation_event", fail)
+    monkeypatch.setattr(engine.ingest, "_validation_event", fail)
     with pytest.raises(RuntimeError):
         engine.process(records([], failing))
     monkeypatch.undo()
@@ -236,6 +236,6 @@ def test_a_query_belongs_to_one_split_and_a_conflicting_event_is_a_dead_letter()
     # Remembered across a checkpoint too.
     from stream_nudge.engine import restore, snapshot
 
-    again = restore(engine.config, *snapshot(engine))
+    again = restore(engine.params, *snapshot(engine))
     out = again.process([Record("events", event_message("q1", q, "b", "validation"))])
     assert [d.reason for d in out.dead_letters] == ["split_conflict"]

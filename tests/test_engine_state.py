@@ -128,7 +128,7 @@ def test_score_caches_always_give_the_exact_best_untouched_scores(ops, k):
         else:
             if engine.window is None or not len(engine.window):
                 continue
-            engine._flush()
+            engine.ingest.flush(engine.docs)
             engine.selector.sync_caches(engine.docs, engine.window)
             slots = engine.window.active_slots()
             others, stale = engine.window.others(slots)

@@ -65,7 +65,7 @@ def test_the_memory_survives_a_checkpoint():
             Record("events", event_message("q", [0.0, 1.0], "d", "train")),
         ]
     )
-    again = restore(engine.config, *snapshot(engine))
+    again = restore(engine.params, *snapshot(engine))
     assert again.queries.get("q") == ("train", ("d",))
     out = again.process([Record("events", event_message("q", [0.0, 1.0], "d", "train"))])
     assert again.events == engine.events and again.counts["duplicate_events"] == 1

@@ -24,7 +24,7 @@ from stream_nudge.config import load_config
 from stream_nudge.engine import Engine
 from stream_nudge.engine.engine import restore, snapshot
 from stream_nudge.engine.scores import SelectionCache
-from stream_nudge.messages import Record
+from stream_nudge.messages import Record, encode_output
 
 SETTINGS = settings(
     max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -133,11 +133,17 @@ def _drive(ops, overrides, test_reach: bool = True) -> int:
         if test_reach and engine.selection_cache is not None:
             engine.selection_cache.all_columns = np.inf
         # A restored engine holds the same state and no caches: it selects from scratch.
-        fresh = restore(engine.config, *snapshot(engine))
+        fresh = restore(engine.params, *snapshot(engine))
         got, expected = engine.reselect(), fresh.reselect()
         assert_same_reports(got.selections, expected.selections)
-        method = engine.config.method
-        assert_same_messages(got.messages, expected.messages, method, engine.gamma, fresh.gamma)
+        method = engine.params.method
+        assert_same_messages(
+            encode_output(got.tombstones, got.updates),
+            encode_output(expected.tombstones, expected.updates),
+            method,
+            engine.gamma,
+            fresh.gamma,
+        )
         compared += len(got.selections)
     return compared
 

@@ -14,7 +14,7 @@ from kafka import KafkaProducer
 from kafka.partitioner import DefaultPartitioner
 
 from stream_nudge.config import Config
-from stream_nudge.engine import Output
+from stream_nudge.engine import Changes
 from stream_nudge.kafka.common import client_settings
 from stream_nudge.kafka.worker import ChildGone, Worker, child_setup, read_ahead, tell
 from stream_nudge.messages import encode_dead_letter
@@ -59,23 +59,21 @@ class KafkaSink:
             self._worker.stop()
             raise SinkError(f"the producer could not start: {reply[1]}")
 
-    def write(self, output: Output) -> None:
-        """Hand the output to the producer process: updates travel unencoded (it encodes them)."""
-        tombstones = [
-            (0, key.encode(), None, generation) for key, _, _, generation in output.tombstones
-        ]
+    def write(self, changes: Changes) -> None:
+        """Hand the changes to the producer process: updates travel unencoded (it encodes them)."""
+        tombstones = [(0, t.id.encode(), None, t.generation) for t in changes.tombstones]
         letters = [
             (1, letter.record.key, encode_dead_letter(letter), letter.reason)
-            for letter in output.dead_letters
+            for letter in changes.dead_letters
         ]
-        updates = output.updates
+        updates = changes.updates
         if tombstones or letters or updates is not None:
             try:
                 self._worker.send(("send", tombstones, updates, letters))
             except ChildGone as exc:
                 raise SinkError(str(exc)) from exc
-        self.updates_sent += output.message_count
-        self.dead_letters_sent += len(output.dead_letters)
+        self.updates_sent += changes.message_count
+        self.dead_letters_sent += len(changes.dead_letters)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything written is acknowledged; SinkError if anything failed."""
