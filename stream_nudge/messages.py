@@ -37,6 +37,7 @@ __all__ = [
     "encode_update",
     "is_validation",
     "query_hash",
+    "validation_below",
 ]
 
 #: Why a record went to dead letters.
@@ -306,8 +307,8 @@ class Decoder:
                 out[i] = one(record, obj if obj.__class__ is dict else None)
                 continue
             if record.topic == "docs":
-                doc_id = obj.get("id")
-                if doc_id.__class__ is not str or not doc_id or obj.get("op", "upsert") != "upsert":
+                doc_id = _upsert_id(obj.get("id"), obj.get("op", "upsert"))
+                if doc_id is None:
                     out[i] = one(record, obj)
                     continue
                 fields = doc_id
@@ -378,12 +379,9 @@ class Decoder:
             part.clear()
 
     def _document(self, obj: dict):
-        op = obj.get("op", "upsert")
-        doc_id = _text(obj, "id")
+        doc_id, op = _document_fields(obj.get("id", _MISSING), obj.get("op", "upsert"))
         if op == "delete":
             return DocDelete(doc_id)
-        if op != "upsert":
-            raise _Reject("unknown_op", f"op {op!r} is not 'upsert' or 'delete'")
         vector = self._vector(obj, "embedding")
         if not np.any(vector):
             raise _Reject("zero_vector", "a document embedding must not be all zeros")
@@ -392,14 +390,15 @@ class Decoder:
     def _event(self, obj: dict):
         if "doc_id" in obj and "doc_ids" in obj:
             raise _Reject("ambiguous", "both doc_id and doc_ids: send one of them")
-        query_id = obj.get("query_id")
-        if query_id.__class__ is not str or not query_id:
-            query_id = _text(obj, "query_id")  # raises the right reason
+        query_id, weight, split, ts = _event_scalars(
+            obj.get("query_id", _MISSING),
+            obj.get("weight", 1.0),
+            obj.get("split"),
+            obj.get("ts"),
+            self.max_weight,
+        )
         vector = self._vector(obj, "query_embedding")
-        doc_id = obj.get("doc_id")
-        if doc_id.__class__ is str and doc_id and "doc_ids" not in obj:
-            doc_ids = (doc_id,)
-        elif "doc_ids" in obj:
+        if "doc_ids" in obj:
             ids = obj["doc_ids"]
             if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
                 raise _Reject("wrong_type", "doc_ids must be a list of strings")
@@ -409,22 +408,7 @@ class Decoder:
                 raise _Reject("absurd_size", f"{len(ids)} doc_ids > limits.max_doc_ids")
             doc_ids = tuple(dict.fromkeys(ids))
         else:
-            doc_ids = (_text(obj, "doc_id"),)
-        weight = obj.get("weight", 1.0)
-        if weight.__class__ is not float:
-            if isinstance(weight, bool) or not isinstance(weight, int):
-                raise _Reject("bad_weight", f"weight {weight!r} is not a number")
-            weight = float(weight)
-        if not -self.max_weight <= weight <= self.max_weight:  # also false for NaN
-            raise _Reject("bad_weight", f"weight {weight!r} is outside +-limits.max_weight")
-        split = obj.get("split")
-        if split is not None and split != "train" and split != "validation":
-            raise _Reject("bad_split", f"split {split!r} is not 'train' or 'validation'")
-        ts = obj.get("ts")
-        if ts is not None:
-            if isinstance(ts, bool) or not isinstance(ts, int | float):
-                raise _Reject("wrong_type", f"ts {ts!r} is not a number")
-            ts = float(ts)
+            doc_ids = (_text_value(obj.get("doc_id", _MISSING), "doc_id"),)
         return Event(query_id, vector, doc_ids, weight, split, ts)
 
     def _vector(self, obj: dict, name: str) -> np.ndarray:
@@ -487,26 +471,76 @@ class Decoder:
         return vector
 
 
-def _event_fields(query_id, doc_id, weight, split, ts, max_weight: float):
-    """A single-document event's fields as the batch path keeps them, ``(query_id, (doc_id,),
-    weight, split, ts)``, if every one passes :meth:`Decoder._event`'s checks; else None (the
-    record is then decoded on its own, which names the reason)."""
-    if weight.__class__ is int:
+# --- the field rules ------------------------------------------------------------------------
+#
+# Written once: the reference decoder (Decoder._document, Decoder._event) raises the reason they
+# give; the batch paths (_decode_known, _simdjson_record) call the same functions and hand every
+# record they refuse to the reference, which names the reason. What the batch paths check beyond
+# these (a vector's length and encoding, finiteness, zero documents) they check in bulk, and they
+# also defer to the reference on any doubt. tests/test_decode_batch.py checks that every path
+# gives the reference's result.
+
+_MISSING = object()  # a field that is absent (None is a JSON null)
+
+
+def _text_value(value, name: str) -> str:
+    """An id: a non-empty string."""
+    if value.__class__ is str and value:
+        return value
+    if value is _MISSING:
+        raise _Reject("missing_field", f"{name} is required")
+    raise _Reject("wrong_type", f"{name} must be a non-empty string")
+
+
+def _text(obj: dict, name: str) -> str:
+    return _text_value(obj.get(name, _MISSING), name)
+
+
+def _document_fields(doc_id, op) -> tuple[str, str]:
+    """A document's id and op (``upsert``, the default, or ``delete``)."""
+    doc_id = _text_value(doc_id, "id")
+    if op != "upsert" and op != "delete":
+        raise _Reject("unknown_op", f"op {op!r} is not 'upsert' or 'delete'")
+    return doc_id, op
+
+
+def _event_scalars(query_id, weight, split, ts, max_weight: float):
+    """An event's query id, weight (a number within +-max_weight, default 1), split (``train``,
+    ``validation`` or absent: then the stable hash decides) and time ``ts`` (a number of seconds,
+    or absent), as ``(query_id, weight, split, ts)`` with the numbers as floats."""
+    query_id = _text_value(query_id, "query_id")
+    if weight.__class__ is not float:
+        if weight.__class__ is not int:  # a bool is not a number here
+            raise _Reject("bad_weight", f"weight {weight!r} is not a number")
         weight = float(weight)
-    if ts.__class__ is int:
+    if not -max_weight <= weight <= max_weight:  # also false for NaN
+        raise _Reject("bad_weight", f"weight {weight!r} is outside +-limits.max_weight")
+    if split is not None and split != "train" and split != "validation":
+        raise _Reject("bad_split", f"split {split!r} is not 'train' or 'validation'")
+    if ts is not None and ts.__class__ is not float:
+        if ts.__class__ is not int:
+            raise _Reject("wrong_type", f"ts {ts!r} is not a number")
         ts = float(ts)
-    if (
-        query_id.__class__ is not str
-        or not query_id
-        or doc_id.__class__ is not str
-        or not doc_id
-        or weight.__class__ is not float
-        or not -max_weight <= weight <= max_weight
-        or (split is not None and split != "train" and split != "validation")
-        or (ts is not None and ts.__class__ is not float)
-    ):
+    return query_id, weight, split, ts
+
+
+def _upsert_id(doc_id, op) -> str | None:
+    """The batch paths' documents: the id of an upsert that passes the rules; else None."""
+    try:
+        doc_id, op = _document_fields(doc_id, op)
+    except _Reject:
         return None
-    return (query_id, (doc_id,), weight, split, ts)
+    return doc_id if op == "upsert" else None
+
+
+def _event_fields(query_id, doc_id, weight, split, ts, max_weight: float):
+    """The batch paths' events: a single-document event's fields as the batch path keeps them,
+    ``(query_id, (doc_id,), weight, split, ts)``, if they pass the rules; else None."""
+    try:
+        query_id, weight, split, ts = _event_scalars(query_id, weight, split, ts, max_weight)
+        return (query_id, (_text_value(doc_id, "doc_id"),), weight, split, ts)
+    except _Reject:
+        return None
 
 
 _local = threading.local()
@@ -555,10 +589,10 @@ def _simdjson_record(
         if strict and not KNOWN_FIELDS[topic].issuperset(keys):
             return None
         if topic == "docs":
-            doc_id = obj["id"] if "id" in keys else None
-            if doc_id.__class__ is not str or not doc_id:
-                return None
-            if "op" in keys and obj["op"] != "upsert":
+            doc_id = _upsert_id(
+                obj["id"] if "id" in keys else None, obj["op"] if "op" in keys else "upsert"
+            )
+            if doc_id is None:
                 return None
             fields = doc_id
             vector = obj["embedding"] if "embedding" in keys else None
@@ -665,15 +699,6 @@ class _Reject(Exception):
         self.detail = detail
 
 
-def _text(obj: dict, name: str) -> str:
-    if name not in obj:
-        raise _Reject("missing_field", f"{name} is required")
-    value = obj[name]
-    if not isinstance(value, str) or not value:
-        raise _Reject("wrong_type", f"{name} must be a non-empty string")
-    return value
-
-
 def is_validation(query_id: str, fraction: float) -> bool:
     """Whether a query id without an explicit split goes to validation.
 
@@ -683,11 +708,16 @@ def is_validation(query_id: str, fraction: float) -> bool:
     >>> [is_validation(q, 0.5) for q in ("q-1", "q-2", "q-3")], is_validation("q-1", 0.0)
     ([True, False, True], False)
     """
-    return query_hash(query_id) < fraction * 2.0**64
+    return query_hash(query_id) < validation_below(fraction)
+
+
+def validation_below(fraction: float) -> float:
+    """The split rule: a query id whose :func:`query_hash` is below this goes to validation."""
+    return fraction * 2.0**64
 
 
 def query_hash(query_id: str) -> int:
-    """The stable 64-bit hash :func:`is_validation` compares with ``fraction * 2**64``."""
+    """The stable 64-bit hash :func:`is_validation` compares with :func:`validation_below`."""
     return int.from_bytes(hashlib.blake2b(query_id.encode("utf-8"), digest_size=8).digest(), "big")
 
 

@@ -27,7 +27,7 @@ from stream_nudge.engine.queries import QueryMemory
 from stream_nudge.engine.state import Decay, DocumentTable
 from stream_nudge.engine.train import ClickBuffer
 from stream_nudge.engine.window import ValidationWindow
-from stream_nudge.messages import DeadLetter, Record, encode_event, query_hash
+from stream_nudge.messages import DeadLetter, Record, encode_event, query_hash, validation_below
 
 __all__ = ["EventIngest", "StreamTime"]
 
@@ -101,7 +101,7 @@ class EventIngest:
             c.pending.max_events, c.pending.max_age_events, c.pending.max_age_seconds
         )
         # is_validation's rule, with its threshold computed once: the hash is per event.
-        self._validation_below = c.validation.fraction * 2.0**64
+        self._validation_below = validation_below(c.validation.fraction)
         self.counts = counts
         self.dead_letters = dead_letters
 
