@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream_nudge.core.geometry import rotation, turnable, unit_rows
+from stream_nudge.core.geometry import unit_rows
 from stream_nudge.engine.changes import ChangeLog
+from stream_nudge.engine.geometry_cache import SlotGeometry
 
 __all__ = ["Decay", "DocumentTable"]
 
@@ -85,10 +86,9 @@ class DocumentTable:
     stamps : float64 [slot capacity, 2]
         With a :class:`Decay`: the (event count, seconds) time each sum is expressed at.
 
-    Each slot also caches what a selection of gamma needs of its document (see :meth:`geometry`),
-    valid until its sum or original changes: between two selections most nudged documents do not
-    change, and deriving their directions and rotation planes again would cost a pass over all of
-    them in float64.
+    Each slot also caches what a selection of gamma needs of its document (:meth:`geometry`,
+    kept by :class:`~stream_nudge.engine.geometry_cache.SlotGeometry`), valid until its sum or
+    original changes.
     """
 
     def __init__(
@@ -110,12 +110,7 @@ class DocumentTable:
         self.moving = np.zeros(slot_capacity, dtype=bool)
         self.row_of_slot = np.full(slot_capacity, -1, dtype=np.int64)
         self.stamps = np.full((slot_capacity, 2), math.nan)
-        self._geo_dir_ok = np.zeros(slot_capacity, dtype=bool)
-        self._geo_plane_ok = np.zeros(slot_capacity, dtype=bool)
-        self._geo_dir = np.zeros((0, dim), dtype=np.float32)
-        self._geo_tangent = np.zeros((0, dim), dtype=np.float32)
-        self._geo_angle = np.zeros(slot_capacity, dtype=np.float64)
-        self._geo_turnable = np.zeros(slot_capacity, dtype=bool)
+        self._geometry = SlotGeometry(dim, slot_capacity)
         # Every change of a row (original set, clicks added, deleted), for whoever keeps
         # something derived from documents: the publisher, the selector and its caches.
         self.changes = ChangeLog(capacity)
@@ -185,7 +180,7 @@ class DocumentTable:
         row = self.row_of.get(doc_id)
         if row is not None:
             self.originals[row] = unit
-            self._forget_geometry(self.slot_of[[row]])
+            self._geometry.forget(self.slot_of[[row]])
             self.changes.touch(row)
             return row, False
         if self.free_rows:
@@ -217,7 +212,7 @@ class DocumentTable:
             self.has_published[slot] = False
             self.moving[slot] = False
             self.stamps[slot] = math.nan
-            self._forget_geometry(np.array([slot]))
+            self._geometry.forget(np.array([slot]))
             self.row_of_slot[slot] = -1
             self.free_slots.append(slot)
             self.slot_of[row] = -1
@@ -284,10 +279,7 @@ class DocumentTable:
             self.moving = _grown(self.moving, capacity, False)
             self.row_of_slot = _grown(self.row_of_slot, capacity, -1)
             self.stamps = _grown(self.stamps, capacity, math.nan)
-            self._geo_dir_ok = _grown(self._geo_dir_ok, capacity, False)
-            self._geo_plane_ok = _grown(self._geo_plane_ok, capacity, False)
-            self._geo_angle = _grown(self._geo_angle, capacity)
-            self._geo_turnable = _grown(self._geo_turnable, capacity, False)
+            self._geometry.grow(capacity)
         out = np.empty(count, dtype=np.int64)
         out[: len(reused)] = reused
         out[len(reused) :] = np.arange(self.n_slots, self.n_slots + fresh)
@@ -361,7 +353,7 @@ class DocumentTable:
         self.clicks[touched] += sizes
         before = self.moving[touched]
         self.moving[touched] = after
-        self._forget_geometry(touched)
+        self._geometry.forget(touched)
         touched_rows = self.row_of_slot[touched]
         self.changes.touch(touched_rows)
         return touched_rows, before, after
@@ -385,49 +377,21 @@ class DocumentTable:
 
     def recount(self) -> None:
         """Derive :attr:`moving` from the sums (after they were set from a snapshot)."""
-        self._forget_geometry(np.arange(len(self.moving)))
+        self._geometry.forget(np.arange(len(self.moving)))
         self.moving[:] = False
         self.moving[: self.n_slots] = np.any(self.sums[: self.n_slots] != 0.0, axis=1)
 
-    def _forget_geometry(self, slots: np.ndarray) -> None:
-        slots = slots[slots >= 0]
-        self._geo_dir_ok[slots] = False
-        self._geo_plane_ok[slots] = False
-
     def geometry(self, rows: np.ndarray, planes: bool, vectors: bool = True):
-        """What selecting gamma needs of nudged ``rows``, from the cache where still valid.
+        """What selecting gamma needs of nudged ``rows``, from the cache where still valid
+        (:class:`~stream_nudge.engine.geometry_cache.SlotGeometry`).
 
         Returns ``(directions, tangents, angles, turnable)``: unit query-sum directions as float32
         (the precision the score products use); with ``planes``, NUDGE-N's rotation planes
-        (float32 tangents, float64 angles, see :func:`rotation`) and which rows can turn; else
-        None for those three. Each row's values are computed on their own, so a cached value is
-        the one a fresh computation would give. Without ``vectors`` the two ``[n, dim]`` tables
-        are not gathered (None): a caller that needs them for a few rows only asks again.
+        (float32 tangents, float64 angles, see :func:`~stream_nudge.core.geometry.rotation`) and which rows can turn; else
+        None for those three. Without ``vectors`` the two ``[n, dim]`` tables are not gathered
+        (None): a caller that needs them for a few rows only asks again.
         """
-        slots = self.slot_of[rows]
-        stale = ~(self._geo_plane_ok[slots] if planes else self._geo_dir_ok[slots])
-        geo_dir = self._wide("_geo_dir")
-        geo_tangent = self._wide("_geo_tangent") if planes else None
-        if stale.any():
-            fresh_rows, fresh = rows[stale], slots[stale]
-            directions = self.directions(fresh_rows)
-            geo_dir[fresh] = directions
-            self._geo_dir_ok[fresh] = True
-            if planes:
-                originals = self.originals[fresh_rows]
-                plane = rotation(originals.astype(np.float64), directions)
-                geo_tangent[fresh] = plane.tangent
-                self._geo_angle[fresh] = plane.angle
-                self._geo_turnable[fresh] = turnable(originals, directions)
-                self._geo_plane_ok[fresh] = True
-        if not planes:
-            return geo_dir[slots] if vectors else None, None, None, None
-        return (
-            geo_dir[slots] if vectors else None,
-            geo_tangent[slots] if vectors else None,
-            self._geo_angle[slots],
-            self._geo_turnable[slots],
-        )
+        return self._geometry.get(self, rows, planes, vectors)
 
     def is_nudged(self, rows: np.ndarray) -> np.ndarray:
         """Whether each row's query sum is non-zero (the document moves)."""
