@@ -128,3 +128,24 @@ def test_a_replay_reports_what_still_waits_and_dead_letters_it_when_asked(
     else:
         assert summary.pending == 5 and summary.pending_documents == 2 and dead == []
         assert any("5 clicks still wait for 2 documents" in line for line in summary.lines())
+
+
+def test_a_folded_validation_click_waits_from_the_event_that_folded_it():
+    """A validation query evicted from the window becomes training clicks; one on a document not
+    seen yet waits, and its age counts from the event that evicted the query, as a training
+    click's does from its own event (not from the start of the batch)."""
+    rng = np.random.default_rng(0)
+    config = load_config(
+        overrides={
+            "validation": {"window": 1, "fold_evicted": True},
+            "gamma": {"every_events": 0, "every_seconds": 0},
+        }
+    )
+    engine = Engine(config)
+    events = [event_message("v1", rng.normal(size=2), "x", "validation")]
+    events += [event_message(f"t{i}", rng.normal(size=2), "a", "train") for i in range(5)]
+    events.append(event_message("v2", rng.normal(size=2), "a", "validation"))  # evicts v1
+    engine.process(records([doc_message("a", [1.0, 0.0])], events))
+    assert engine.counts["folded_queries"] == 1
+    (waiting,) = engine.pending.by_doc["x"]
+    assert waiting.query_id == "v1" and waiting.born[0] == 7.0

@@ -257,7 +257,7 @@ class EventIngest:
                                 click_when(when)
                 else:
                     click = (query_id, vectors[at], weight, when)
-                    self._validation_event(click, doc_ids, records[at], out, docs, window)
+                    self._validation_event(click, doc_ids, records[at], out, docs, window, events)
                 at += 1
                 if (every_events and since >= every_events) or (
                     every_seconds and ts is not None and t.time_due(every_seconds)
@@ -279,9 +279,10 @@ class EventIngest:
         detail = f"query {query_id!r} came as {known} before; a query belongs to one split"
         self.reject(DeadLetter("split_conflict", detail, record), out)
 
-    def _validation_event(self, click, doc_ids, record: Record, out, docs, window) -> None:
+    def _validation_event(self, click, doc_ids, record: Record, out, docs, window, events) -> None:
         """A validation query's answers into the window; the query the window evicts for it
-        becomes training clicks (``validation.fold_evicted``)."""
+        becomes training clicks (``validation.fold_evicted``), which may wait for their
+        documents as of this event (``events``: the count with it)."""
         query_id, vector, weight, when = click
         self.counts["validation_events"] += 1
         for doc_id in doc_ids:
@@ -298,7 +299,7 @@ class EventIngest:
                         self.clicks.add(answer_row, answer_weight, folded, born)
                     else:
                         folded_click = (folded_id, folded, answer_weight, born)
-                        self._pend(answer_id, folded_click, record, out, self.time.events)
+                        self._pend(answer_id, folded_click, record, out, events)
 
     def _pend(self, doc_id: str, click, record: Record, out, events: int) -> None:
         """A click on a document not seen yet waits for it, while the pending store has room."""
