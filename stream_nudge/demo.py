@@ -9,6 +9,7 @@ some noise. The stream (documents, then clicks) runs through the very engine tha
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -132,19 +133,10 @@ def run_demo(config: Config | None = None, print_fn=print) -> dict[str, tuple[fl
     results = {"no fine-tuning": _scores(data.doc_vectors, data.test_queries, data.test_answers)}
     gammas = {}
     for method in ("nudge-n", "nudge-m"):
-        config = Config(
-            method=method,
-            objective=base.objective,
-            validation=base.validation,
-            gamma=base.gamma,
-            publish=base.publish,
-            pending=base.pending,
-            limits=base.limits,
-            replay=base.replay,
-        )
-        engine = Engine(config)
+        params = dataclasses.replace(base.engine_params(), method=method)
+        engine = Engine(params)
         sink = MemorySink()
-        run(engine, MemorySource(data.docs + data.events), sink, config.replay.batch_size)
+        run(engine, MemorySource(data.docs + data.events), sink, base.replay.batch_size)
         ids, embeddings = engine.adjusted()
         order = np.argsort([int(i.split("-")[1]) for i in ids])
         embeddings = embeddings[order]
