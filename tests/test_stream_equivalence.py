@@ -160,7 +160,7 @@ def test_replay_equals_fine_tune_on_generated_streams(
 
 
 @pytest.mark.parametrize("method", ["nudge-n", "nudge-m"])
-@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     problem=problems(),
     every=st.integers(1, 30),
