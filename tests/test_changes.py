@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import examples
 
 from stream_nudge.engine import changes
 from stream_nudge.engine.changes import ChangeLog
 from stream_nudge.engine.state import DocumentTable
-from tests.strategies import examples
 
 SETTINGS = settings(
     max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow]
