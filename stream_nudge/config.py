@@ -146,6 +146,8 @@ class TopicsConfig:
 
 @dataclass(frozen=True)
 class KafkaConfig:
+    #: The Kafka client: confluent-kafka (librdkafka) or kafka-python (pure Python).
+    client: str = "confluent-kafka"
     #: Comma-separated host:port list (env STREAM_NUDGE_KAFKA_BOOTSTRAP overrides).
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = "stream-nudge"
@@ -157,6 +159,9 @@ class KafkaConfig:
     #: Records per poll (a batch); bounds memory under backpressure.
     max_poll_records: int = 1000
     poll_timeout_ms: int = 500
+    #: The group drops a member it has not heard from for this long (heartbeats are sent by the
+    #: client's own thread, also while a checkpoint or a restore runs).
+    session_timeout_ms: int = 45_000
     #: Fetch sizes, large enough for batches of embeddings.
     fetch_max_bytes: int = 52_428_800
     max_partition_fetch_bytes: int = 10_485_760
@@ -165,8 +170,9 @@ class KafkaConfig:
     batch_size: int = 1_048_576
     max_request_size: int = 10_485_760
     compression_type: str | None = None
-    #: Passed as they are to kafka-python (security_protocol, sasl_mechanism, sasl_plain_username,
-    #: ssl_cafile, ...). Secrets: env STREAM_NUDGE_KAFKA_SASL_PASSWORD / _SSL_PASSWORD override.
+    #: TLS and SASL, in kafka-python's names (security_protocol, sasl_mechanism,
+    #: sasl_plain_username, ssl_cafile, ...), translated for confluent-kafka. Secrets: env
+    #: STREAM_NUDGE_KAFKA_SASL_PASSWORD / _SSL_PASSWORD override.
     security: dict = field(default_factory=dict)
 
 
@@ -389,6 +395,8 @@ def _check(c: Config) -> None:
     if c.replay.batch_size < 1:
         fail("replay.batch_size", "must be >= 1")
     k = c.kafka
+    if k.client not in ("confluent-kafka", "kafka-python"):
+        fail("kafka.client", f"{k.client!r} is not confluent-kafka or kafka-python")
     if not k.bootstrap_servers.strip():
         fail("kafka.bootstrap_servers", "must name at least one host:port")
     for name in ("docs", "events", "updates", "dead_letters"):
@@ -410,6 +418,7 @@ def _check(c: Config) -> None:
         "replication_factor",
         "max_poll_records",
         "poll_timeout_ms",
+        "session_timeout_ms",
         "fetch_max_bytes",
         "max_partition_fetch_bytes",
         "batch_size",

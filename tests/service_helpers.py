@@ -28,13 +28,19 @@ def produce(
     producer.close()
 
 
-def write_config(path: Path, bootstrap: str, topics: dict, state: Path, **sections) -> Path:
+def write_config(
+    path: Path, bootstrap: str, topics: dict, state: Path, client="confluent-kafka", **sections
+) -> Path:
     config = {
         "kafka": {
+            "client": client,
             "bootstrap_servers": bootstrap,
             "group_id": f"g-{topics['updates']}",
             "topics": topics,
             "partitions": 1,
+            # A killed member leaves the group after this long (the broker's minimum is 6 s):
+            # the restarts of the kill tests wait for it.
+            "session_timeout_ms": 10_000,
         },
         "checkpoint": {"directory": str(state), "every_seconds": 0.5},
         "metrics": {"port": 0},
@@ -134,32 +140,3 @@ def children(pid: int) -> dict[int, str]:
         except (OSError, ValueError):
             continue
     return out
-
-
-def kafka_clients(pid: int, timeout: float = 60.0) -> dict[int, str]:
-    """The service's consumer and producer processes, once both have started."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = {p: c for p, c in children(pid).items() if "stream_nudge.kafka.child" in c}
-        if len(found) >= 2:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"no consumer and producer processes under {pid}: {children(pid)}")
-
-
-def gone(pids, timeout: float = 15.0) -> bool:
-    """Whether every one of ``pids`` has exited (or is a zombie) within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        alive = []
-        for pid in pids:
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                continue
-            if state[state.rindex(")") + 2] != "Z":
-                alive.append(pid)
-        if not alive:
-            return True
-        time.sleep(0.1)
-    return False

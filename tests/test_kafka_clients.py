@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kafka.partitioner import DefaultPartitioner
 
-from stream_nudge.kafka.sink import _MemoPartitioner
+from stream_nudge.kafka.kafkapython import _MemoPartitioner
 
 
 class _Metadata:

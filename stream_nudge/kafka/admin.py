@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+import time
 
 from stream_nudge.config import Config
-from stream_nudge.kafka.common import client_settings
+from stream_nudge.kafka.client import TopicPartition
+from stream_nudge.kafka.common import make_admin, make_consumer
 
 log = logging.getLogger(__name__)
 
@@ -21,22 +19,13 @@ UPDATES_CONFIG = {"cleanup.policy": "compact", "delete.retention.ms": "86400000"
 def ensure_topics(config: Config) -> None:
     """Create the updates topic (compacted) and the dead-letter topic if they do not exist."""
     k = config.kafka
-    admin = KafkaAdminClient(**client_settings(config), request_timeout_ms=30_000)
+    admin = make_admin(config)
     try:
-        existing = set(admin.list_topics())
-        wanted = [
-            NewTopic(
-                k.topics.updates, k.partitions, k.replication_factor, topic_configs=UPDATES_CONFIG
-            ),
-            NewTopic(k.topics.dead_letters, k.partitions, k.replication_factor),
-        ]
-        missing = [t for t in wanted if t.name not in existing]
-        if missing:
-            try:
-                admin.create_topics(missing)
-                log.info("created topics %s", ", ".join(t.name for t in missing))
-            except TopicAlreadyExistsError:
-                pass  # created meanwhile by another client
+        existing = admin.topics()
+        for name, configs in ((k.topics.updates, UPDATES_CONFIG), (k.topics.dead_letters, {})):
+            if name not in existing:
+                admin.create(name, k.partitions, k.replication_factor, configs)
+                log.info("created topic %s", name)
         for name in (k.topics.docs, k.topics.events):
             if name not in existing:
                 log.warning("input topic %r does not exist (yet); waiting for it", name)
@@ -53,29 +42,31 @@ def last_generation(config: Config, timeout_s: float = 30.0) -> int:
     the last checkpoint are published again.
     """
     topic = config.kafka.topics.updates
-    consumer = KafkaConsumer(**client_settings(config), enable_auto_commit=False, group_id=None)
+    admin = make_admin(config)
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in partitions]
-        if not tps:
-            return 0
-        consumer.assign(tps)
+        partitions = admin.topics().get(topic, 0)
+    finally:
+        admin.close()
+    if not partitions:
+        return 0
+    consumer = make_consumer(config, group_id=f"{config.kafka.group_id}-generation")
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
         ends = consumer.end_offsets(tps)
         wanted = {tp for tp in tps if ends[tp] > 0}
-        for tp in wanted:
-            consumer.seek(tp, ends[tp] - 1)
+        if not wanted:
+            return 0
+        consumer.assign({tp: ends[tp] - 1 for tp in wanted})
         best = 0
-        import time
-
         deadline = time.monotonic() + timeout_s
         while wanted and time.monotonic() < deadline:
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for record in records:
-                    for name, value in record.headers or []:
-                        if name == "generation":
-                            best = max(best, int(value))
-                    if record.offset >= ends[tp] - 1:
-                        wanted.discard(tp)
+            for m in consumer.poll(500, 0.5):
+                tp = TopicPartition(m.topic, m.partition)
+                for name, value in m.headers or ():
+                    if name == "generation":
+                        best = max(best, int(value))
+                if m.offset >= ends[tp] - 1:
+                    wanted.discard(tp)
         if wanted:
             raise TimeoutError(f"could not read the tail of {topic} within {timeout_s} s")
         return best

@@ -1,27 +1,46 @@
-"""Settings shared by every kafka-python client the service makes."""
+"""The service's Kafka clients, made from the configuration through the client seam."""
 
 from __future__ import annotations
 
-# What the Kafka layer raises when the broker or the client fails: the service above catches
-# this name and never imports a Kafka client itself.
-from kafka.errors import KafkaConfigurationError
-from kafka.errors import KafkaError as ClientError
-
 from stream_nudge.config import Config
+from stream_nudge.kafka.client import Admin, ClientError, Consumer, Producer, clients
 
-__all__ = ["ClientError", "client_settings", "is_configuration_error"]
+__all__ = ["ClientError", "is_configuration_error", "make_admin", "make_consumer", "make_producer"]
 
 
-def client_settings(config: Config) -> dict:
+def make_consumer(config: Config, group_id: str | None = None) -> Consumer:
     k = config.kafka
-    return {
-        "bootstrap_servers": [s.strip() for s in k.bootstrap_servers.split(",") if s.strip()],
-        "client_id": k.client_id,
-        **k.security,
-    }
+    return clients(config).consumer(
+        k.bootstrap_servers,
+        k.client_id,
+        k.security,
+        group_id or k.group_id,
+        k.max_poll_records,
+        k.fetch_max_bytes,
+        k.max_partition_fetch_bytes,
+        session_timeout_ms=k.session_timeout_ms,
+    )
+
+
+def make_producer(config: Config, transactional_id: str | None = None) -> Producer:
+    k = config.kafka
+    return clients(config).producer(
+        k.bootstrap_servers,
+        k.client_id,
+        k.security,
+        k.linger_ms,
+        k.batch_size,
+        k.max_request_size,
+        k.compression_type,
+        transactional_id=transactional_id,
+    )
+
+
+def make_admin(config: Config) -> Admin:
+    k = config.kafka
+    return clients(config).admin(k.bootstrap_servers, k.client_id, k.security)
 
 
 def is_configuration_error(exc: BaseException) -> bool:
-    """Whether the Kafka client refused its configuration: retrying cannot help. The clients'
-    processes report errors as text (``"KafkaConfigurationError: ..."``)."""
-    return isinstance(exc, KafkaConfigurationError) or "KafkaConfigurationError" in str(exc)
+    """Whether the Kafka client refused its configuration: retrying cannot help."""
+    return isinstance(exc, ClientError) and exc.configuration
