@@ -134,15 +134,20 @@ def test_an_output_topic_that_is_an_input_topic_is_refused(output, input_):
         load_config(overrides={"kafka": {"topics": {output: "same", input_: "same"}}})
 
 
-def test_a_configuration_the_kafka_client_refuses_is_recognised_as_such():
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaTimeoutError
+@pytest.mark.parametrize("client", ["confluent-kafka", "kafka-python"])
+def test_a_configuration_the_kafka_client_refuses_is_recognised_as_such(client):
+    """Both clients' refusals become a ClientError marked as a configuration error (the service
+    exits 2 on it instead of retrying); a sink failure or a timeout is not one."""
+    from stream_nudge.kafka import ClientError, SinkError, is_configuration_error
+    from stream_nudge.kafka import confluent, kafkapython
 
-    from stream_nudge.kafka import SinkError, is_configuration_error
-
-    with pytest.raises(Exception) as refused:
-        KafkaAdminClient(bootstrap_servers="127.0.0.1:1", bogus_setting=1)
-    assert is_configuration_error(refused.value)
-    # As the clients' processes report it, and what is not one.
-    assert is_configuration_error(SinkError(f"the producer could not start: {refused.value!r}"))
-    assert not is_configuration_error(KafkaTimeoutError("Unable to bootstrap"))
+    with pytest.raises(ClientError) as refused:
+        if client == "confluent-kafka":
+            # librdkafka takes linger.ms up to 900,000 (kafka-python takes any).
+            confluent.KafkaProducer("127.0.0.1:1", "t", {}, 10**8, 1 << 20, 1 << 20, None)
+        else:
+            # kafka-python refuses settings it does not know (our config checks its own keys).
+            kafkapython.KafkaProducer("127.0.0.1:1", "t", {"bogus_setting": 1}, 0, 1, 1, None)
+    assert is_configuration_error(refused.value), refused.value
+    assert not is_configuration_error(SinkError("a message was not delivered"))
+    assert not is_configuration_error(ClientError("_TRANSPORT: Unable to bootstrap"))
