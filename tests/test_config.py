@@ -138,8 +138,13 @@ def test_an_output_topic_that_is_an_input_topic_is_refused(output, input_):
 def test_a_configuration_the_kafka_client_refuses_is_recognised_as_such(client):
     """Both clients' refusals become a ClientError marked as a configuration error (the service
     exits 2 on it instead of retrying); a sink failure or a timeout is not one."""
-    from stream_nudge.kafka import ClientError, SinkError, is_configuration_error
-    from stream_nudge.kafka import confluent, kafkapython
+    from stream_nudge.kafka import (
+        ClientError,
+        SinkError,
+        confluent,
+        is_configuration_error,
+        kafkapython,
+    )
 
     with pytest.raises(ClientError) as refused:
         if client == "confluent-kafka":

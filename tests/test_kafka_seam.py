@@ -147,3 +147,37 @@ def test_admin_creates_a_topic_once_and_lists_it(kafka_bootstrap, client):
         assert admin.topics()[name] == 3
     finally:
         admin.close()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_member_busy_for_longer_than_its_session_timeout_keeps_its_partitions(
+    kafka_bootstrap, make_topic, client
+):
+    """The service's loop does not poll while it writes a checkpoint (or, later, restores):
+    the client's own thread must keep the member's heartbeats going, or the group would evict
+    it after the session timeout and take its partitions away."""
+    topic = make_topic("busy")
+    config = load_config(
+        overrides={
+            "kafka": {
+                "bootstrap_servers": kafka_bootstrap,
+                "client": client,
+                "group_id": f"g-{topic}",
+                "session_timeout_ms": 6000,  # the broker's minimum
+            }
+        }
+    )
+    consumer = make_consumer(config)
+    revoked: list = []
+    consumer.subscribe([topic], lambda tps: ({tp: None for tp in tps}, []), revoked.extend)
+    try:
+        deadline = time.monotonic() + 60
+        while not consumer.assignment() and time.monotonic() < deadline:
+            consumer.poll(10, 0.2)
+        assert consumer.assignment() == {TopicPartition(topic, 0)}
+        time.sleep(10.0)  # busy: no poll for longer than the session timeout
+        for _ in range(5):
+            consumer.poll(10, 0.2)
+        assert consumer.assignment() == {TopicPartition(topic, 0)} and revoked == []
+    finally:
+        consumer.close()
