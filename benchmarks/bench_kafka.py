@@ -6,8 +6,9 @@
 throughput: untimed, the documents and --warm-events clicks go through the pipeline and gamma is
 selected, so that it is non-zero; then --events clicks pre-filled in the events topic go through the
 service's pipeline (KafkaSource -> engine -> KafkaSink), the clock stopping when the last update is
-acknowledged. Next to it, in the same run, a bare kafka-python consume loop over the same records,
-and one that also decodes each message (orjson.loads + float32 array). The final selection at the
+acknowledged. Next to it, in the same run, a bare consume loop of the same client library over the
+same records, and one that also decodes each message (orjson.loads + float32 array). --client
+chooses the pipeline's client (both by default, one after the other). The final selection at the
 end of input is timed apart.
 
 latency: with gamma already non-zero, a producer offers training clicks at --rate events/s; a
@@ -105,9 +106,13 @@ def decode_vector(value: bytes) -> np.ndarray:
     return np.frombuffer(base64.b64decode(obj["query_embedding_b64"]), dtype="<f4").copy()
 
 
-def consume_all(bootstrap, topic, n, decode=False, start=None) -> tuple[float, float]:
-    """Seconds (wall, and CPU of this process) for a bare kafka-python loop to read ``n`` records
-    of ``topic`` from ``start``."""
+def consume_all(
+    bootstrap, topic, n, decode=False, start=None, client="kafka-python"
+) -> tuple[float, float]:
+    """Seconds (wall, and CPU of this process) for a bare loop of ``client`` (the library
+    itself, not our seam) to read ``n`` records of ``topic`` from ``start``."""
+    if client == "confluent-kafka":
+        return _confluent_consume_all(bootstrap, topic, n, decode, start)
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -127,6 +132,35 @@ def consume_all(bootstrap, topic, n, decode=False, start=None) -> tuple[float, f
             if decode:
                 for r in records:
                     decode_vector(r.value)
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    consumer.close()
+    return elapsed, cpu
+
+
+def _confluent_consume_all(bootstrap, topic, n, decode, start) -> tuple[float, float]:
+    import confluent_kafka as ck
+
+    consumer = ck.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bare-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "fetch.max.bytes": 50 << 20,
+            "max.partition.fetch.bytes": 10 << 20,
+        }
+    )
+    partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+    consumer.assign(
+        [ck.TopicPartition(topic, p, (start or {}).get(p, 0)) for p in sorted(partitions)]
+    )
+    seen = 0
+    t0, c0 = time.perf_counter(), time.process_time()
+    while seen < n:
+        for m in consumer.consume(1000, 1.0):
+            if m.error() is None:
+                seen += 1
+                if decode:
+                    decode_vector(m.value())
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     consumer.close()
     return elapsed, cpu
@@ -182,7 +216,15 @@ def make_messages(n_docs, n_events, dim, seed=0, vectors="json"):
 
 
 def throughput(
-    bootstrap, n_docs, n_events, dim, warm_events, vectors="json", broker_pid=None, repeat=3
+    bootstrap,
+    n_docs,
+    n_events,
+    dim,
+    warm_events,
+    vectors="json",
+    broker_pid=None,
+    repeat=3,
+    client="confluent-kafka",
 ):
     tag, topics = new_topics(bootstrap, "")
     total = warm_events + repeat * n_events
@@ -192,6 +234,7 @@ def throughput(
     config = load_config(
         overrides={
             "kafka": {
+                "client": client,
                 "bootstrap_servers": bootstrap,
                 "topics": topics,
                 "group_id": f"bench-{tag}",
@@ -233,8 +276,12 @@ def throughput(
     for r in range(repeat):
         start = end_offsets(bootstrap, topics["events"])
         fill(bootstrap, topics["events"], event_msgs[warm_events + r * n_events :][:n_events])
-        bare, bare_cpu = consume_all(bootstrap, topics["events"], n_events, start=start)
-        decoded, _ = consume_all(bootstrap, topics["events"], n_events, decode=True, start=start)
+        bare, bare_cpu = consume_all(
+            bootstrap, topics["events"], n_events, start=start, client=client
+        )
+        decoded, _ = consume_all(
+            bootstrap, topics["events"], n_events, decode=True, start=start, client=client
+        )
         sent = sink.updates_sent
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         t0 = time.perf_counter()
@@ -268,6 +315,7 @@ def throughput(
     bare = min(x["bare_s"] for x in rounds)
     decoded = min(x["decode_s"] for x in rounds)
     out = {
+        "client": client,
         "vectors": vectors,
         "events": n_events,
         "rounds": rounds,
@@ -284,7 +332,7 @@ def throughput(
     }
     per = ", ".join(f"{name} {us:.0f}" for name, us in out["cpu_us_per_event"].items())
     print(
-        f"throughput ({vectors} vectors, best of {repeat}): pipeline "
+        f"throughput ({client}, {vectors} vectors, best of {repeat}): pipeline "
         f"{out['pipeline_events_per_s']:,.0f} events/s ({best['updates']:,} updates published, "
         f"gamma {warm_gamma:.4f}); bare consume {out['bare_consume_events_per_s']:,.0f}/s -> "
         f"{out['ratio_to_bare']:.2f}x; consume+decode "
@@ -441,6 +489,12 @@ def main(argv=None):
         default="both",
         help="how the events' vectors (and so the updates') are encoded in the throughput run",
     )
+    p.add_argument(
+        "--client",
+        choices=["confluent-kafka", "kafka-python", "both"],
+        default="both",
+        help="the pipeline's Kafka client, each against a bare loop of the same library",
+    )
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
     env = None
@@ -453,17 +507,20 @@ def main(argv=None):
     try:
         results = {}
         if a.only in (None, "throughput"):
-            for vectors in ("json", "base64") if a.vectors == "both" else (a.vectors,):
-                results[f"throughput_{vectors}"] = throughput(
-                    bootstrap,
-                    a.docs,
-                    a.events,
-                    a.dim,
-                    a.warm_events,
-                    vectors,
-                    broker_pid,
-                    a.repeat,
-                )
+            clients = ("confluent-kafka", "kafka-python") if a.client == "both" else (a.client,)
+            for client in clients:
+                for vectors in ("json", "base64") if a.vectors == "both" else (a.vectors,):
+                    results[f"throughput_{client}_{vectors}"] = throughput(
+                        bootstrap,
+                        a.docs,
+                        a.events,
+                        a.dim,
+                        a.warm_events,
+                        vectors,
+                        broker_pid,
+                        a.repeat,
+                        client,
+                    )
         if a.only in (None, "latency"):
             results["latency"] = latency(bootstrap, a.latency_docs, a.dim, a.rate, a.seconds)
     finally:

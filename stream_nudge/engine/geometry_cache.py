@@ -15,10 +15,16 @@ import numpy as np
 
 from stream_nudge.core.geometry import rotation, turnable
 
-__all__ = ["SlotGeometry"]
+__all__ = ["SlotGeometry", "grown"]
 
 
-def _grown(array: np.ndarray, rows: int, fill=0) -> np.ndarray:
+def grown(array: np.ndarray, rows: int, fill=0) -> np.ndarray:
+    """``array`` with ``rows`` rows, the new ones ``fill``: the per-slot and per-row tables
+    grow by copying into a larger array.
+
+    np.zeros gets fresh zeroed pages from the allocator (calloc): the tail is never written
+    here, which for the query sums' tables is most of the cost of growing them.
+    """
     bigger = np.zeros((rows, *array.shape[1:]), dtype=array.dtype)
     bigger[: array.shape[0]] = array
     if fill:
@@ -43,10 +49,10 @@ class SlotGeometry:
         self._tangent = np.zeros((0, dim), dtype=np.float32)
 
     def grow(self, capacity: int) -> None:
-        self.dir_ok = _grown(self.dir_ok, capacity, False)
-        self.plane_ok = _grown(self.plane_ok, capacity, False)
-        self.angle = _grown(self.angle, capacity)
-        self.can_turn = _grown(self.can_turn, capacity, False)
+        self.dir_ok = grown(self.dir_ok, capacity, False)
+        self.plane_ok = grown(self.plane_ok, capacity, False)
+        self.angle = grown(self.angle, capacity)
+        self.can_turn = grown(self.can_turn, capacity, False)
 
     def forget(self, slots: np.ndarray) -> None:
         """These slots' sums or originals changed (negative slots: none)."""
@@ -57,7 +63,7 @@ class SlotGeometry:
     def _wide(self, name: str) -> np.ndarray:
         table = getattr(self, name)
         if len(table) < len(self.dir_ok):
-            table = _grown(table, len(self.dir_ok))
+            table = grown(table, len(self.dir_ok))
             setattr(self, name, table)
         return table
 

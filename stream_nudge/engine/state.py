@@ -14,7 +14,7 @@ import numpy as np
 
 from stream_nudge.core.geometry import unit_rows
 from stream_nudge.engine.changes import ChangeLog
-from stream_nudge.engine.geometry_cache import SlotGeometry
+from stream_nudge.engine.geometry_cache import SlotGeometry, grown
 
 __all__ = ["Decay", "DocumentTable"]
 
@@ -23,16 +23,6 @@ __all__ = ["Decay", "DocumentTable"]
 _GROWTH = 1.5
 # Sum rows updated at once: 64 float64 rows of d = 384 are 192 KiB, within a core's L2 cache.
 _ROWS_AT_ONCE = 64
-
-
-def _grown(array: np.ndarray, rows: int, fill=0) -> np.ndarray:
-    # np.zeros gets fresh zeroed pages from the allocator (calloc): the tail is never written
-    # here, which for the query sums' tables is most of the cost of growing them.
-    bigger = np.zeros((rows, *array.shape[1:]), dtype=array.dtype)
-    bigger[: array.shape[0]] = array
-    if fill:
-        bigger[array.shape[0] :] = fill
-    return bigger
 
 
 @dataclass(frozen=True)
@@ -221,9 +211,9 @@ class DocumentTable:
         return row
 
     def _grow_rows(self, capacity: int) -> None:
-        self.originals = _grown(self.originals, capacity)
-        self.alive = _grown(self.alive, capacity, False)
-        self.slot_of = _grown(self.slot_of, capacity, -1)
+        self.originals = grown(self.originals, capacity)
+        self.alive = grown(self.alive, capacity, False)
+        self.slot_of = grown(self.slot_of, capacity, -1)
         self.ids.extend([None] * (capacity - len(self.ids)))
         self.changes.grow(capacity)
 
@@ -237,7 +227,7 @@ class DocumentTable:
         """The lazily grown ``[slot capacity, dim]`` table ``name``, grown to the capacity now."""
         table = getattr(self, name)
         if len(table) < len(self.clicks):
-            table = _grown(table, len(self.clicks))
+            table = grown(table, len(self.clicks))
             setattr(self, name, table)
         return table
 
@@ -273,12 +263,12 @@ class DocumentTable:
             # the final size in all, doubling copies all of it. The idle capacity costs address
             # space only: np.zeros takes pages the kernel provides when first written.
             capacity = max(self.n_slots + fresh, min(4 * self.n_slots, len(self.alive)))
-            self.sums = _grown(self.sums, capacity)
-            self.clicks = _grown(self.clicks, capacity)
-            self.has_published = _grown(self.has_published, capacity, False)
-            self.moving = _grown(self.moving, capacity, False)
-            self.row_of_slot = _grown(self.row_of_slot, capacity, -1)
-            self.stamps = _grown(self.stamps, capacity, math.nan)
+            self.sums = grown(self.sums, capacity)
+            self.clicks = grown(self.clicks, capacity)
+            self.has_published = grown(self.has_published, capacity, False)
+            self.moving = grown(self.moving, capacity, False)
+            self.row_of_slot = grown(self.row_of_slot, capacity, -1)
+            self.stamps = grown(self.stamps, capacity, math.nan)
             self._geometry.grow(capacity)
         out = np.empty(count, dtype=np.int64)
         out[: len(reused)] = reused
