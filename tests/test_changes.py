@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import examples
@@ -91,3 +92,103 @@ def test_the_document_table_logs_upserts_deletes_and_clicks():
     table.delete("unknown")
     table.add(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros((0, 2), dtype=np.float32))
     assert table.changes.since(mark).tolist() == []
+
+
+# Touch rows, delete one (with an id), or let the pinned reader (0) or the other (1) read.
+steps_with_deletes = st.lists(
+    st.one_of(
+        st.tuples(st.just("touch"), st.integers(0, 7)),
+        st.tuples(st.just("delete"), st.integers(0, 7)),
+        st.tuples(st.just("read"), st.integers(0, 1)),
+    ),
+    max_size=80,
+)
+
+
+@SETTINGS
+@given(steps_with_deletes, st.sampled_from([1, 3, 4096]))
+def test_a_pinned_reader_gets_every_deleted_id_however_small_the_journal(ops, min_journal):
+    """The ids deleted since a pinned reader's mark, in order, whatever trimming the other
+    reader's activity causes; the journal never drops what the pinned reader has not read."""
+    kept = changes._MIN_JOURNAL
+    changes._MIN_JOURNAL = min_journal
+    try:
+        log = ChangeLog(8)
+        marks = [log.mark, log.mark]
+        log.pin(marks[0])
+        deleted: list[str] = []  # the oracle, for the pinned reader
+        rows: list[set[int]] = [set(), set()]
+        serial = 0
+        for op in ops:
+            if op[0] == "touch":
+                log.touch(op[1])
+                for seen in rows:
+                    seen.add(op[1])
+            elif op[0] == "delete":
+                serial += 1
+                log.touch_deleted(op[1], f"doc-{serial}")
+                deleted.append(f"doc-{serial}")
+                for seen in rows:
+                    seen.add(op[1])
+            else:
+                reader = op[1]
+                assert log.since(marks[reader]).tolist() == sorted(rows[reader])
+                if reader == 0:
+                    assert log.deleted_since(marks[0]) == deleted
+                    deleted = []
+                rows[reader] = set()
+                marks[reader] = log.mark
+                if reader == 0:
+                    log.pin(marks[0])
+        assert log.deleted_since(marks[0]) == deleted
+    finally:
+        changes._MIN_JOURNAL = kept
+
+
+def test_deletions_older_than_the_journal_are_refused_not_lost():
+    kept = changes._MIN_JOURNAL
+    changes._MIN_JOURNAL = 1
+    try:
+        log = ChangeLog(2)
+        log.touch_deleted(0, "gone")
+        for _ in range(10):  # an unpinned journal is trimmed as it grows
+            log.touch(1)
+        with pytest.raises(LookupError):
+            log.deleted_since(0)
+    finally:
+        changes._MIN_JOURNAL = kept
+
+
+def test_the_document_table_logs_the_ids_it_deletes():
+    table = DocumentTable(2)
+    unit = np.array([1.0, 0.0], dtype=np.float32)
+    for doc_id in ("a", "b", "c"):
+        table.upsert(doc_id, unit)
+    mark = table.changes.mark
+    table.delete("b")
+    table.delete("unknown")
+    table.upsert("b", unit)  # back again: its id is in the changed rows, alive
+    table.delete("a")
+    assert table.changes.deleted_since(mark) == ["b", "a"]
+    alive = [table.ids[r] for r in table.changes.since(mark) if table.alive[r]]
+    assert alive == ["b"]
+
+
+def test_a_pin_holds_the_journal_however_much_changes_after_it():
+    kept = changes._MIN_JOURNAL
+    changes._MIN_JOURNAL = 1
+    try:
+        log = ChangeLog(2)
+        log.pin(log.mark)
+        log.touch_deleted(0, "first")
+        for _ in range(50):  # far past the size at which an unpinned journal is trimmed
+            log.touch(1)
+        assert log.deleted_since(0) == ["first"]
+        assert log.since(0).tolist() == [0, 1]
+        log.pin(log.mark)  # read: the journal may be trimmed again
+        for _ in range(50):
+            log.touch(1)
+        with pytest.raises(LookupError):
+            log.deleted_since(0)
+    finally:
+        changes._MIN_JOURNAL = kept

@@ -15,9 +15,17 @@ and by then a scan is no dearer than reading the journal would have been.
 
 Versions are also what a cache of per-document values compares against (the selection cache
 does): equal versions mean the row has not changed since the value was computed.
+
+A deleted document's id leaves the table with it, so the log also keeps the ids deleted, by
+position (:meth:`ChangeLog.deleted_since`): a changelog keyed by document id needs them for its
+tombstones. They have no scan to fall back on, so a reader that needs them pins its mark
+(:meth:`ChangeLog.pin`): the journal is never trimmed past a pinned mark, and holds at most what
+changed since that reader last read.
 """
 
 from __future__ import annotations
+
+import bisect
 
 import numpy as np
 
@@ -34,6 +42,8 @@ class ChangeLog:
         self.versions = np.zeros(capacity, dtype=np.int64)
         self._journal: list[int] = []
         self._offset = 0  # the position of the journal's first entry
+        self._deleted: list[tuple[int, str]] = []  # (position after the deletion, id), in order
+        self._pinned: int | None = None
 
     @property
     def mark(self) -> int:
@@ -56,9 +66,34 @@ class ChangeLog:
             self._journal.extend(rows.tolist())
         self.versions[rows] = self.mark
         if len(self._journal) > max(_MIN_JOURNAL, 2 * len(self.versions)):
-            half = len(self._journal) // 2
-            del self._journal[:half]
-            self._offset += half
+            self._trim(len(self._journal) // 2)
+
+    def touch_deleted(self, row: int, doc_id: str) -> None:
+        """Record the deletion of ``doc_id``, which was in ``row``."""
+        self.touch(row)
+        self._deleted.append((self.mark, doc_id))
+
+    def pin(self, mark: int | None) -> None:
+        """Keep everything after ``mark`` (None: nothing) until pinned elsewhere."""
+        self._pinned = mark
+
+    def _trim(self, count: int) -> None:
+        if self._pinned is not None:
+            count = min(count, self._pinned - self._offset)
+        if count <= 0:
+            return
+        del self._journal[:count]
+        self._offset += count
+        keep = bisect.bisect_right(self._deleted, self._offset, key=lambda entry: entry[0])
+        del self._deleted[:keep]
+
+    def deleted_since(self, mark: int) -> list[str]:
+        """The ids deleted after ``mark``, in order (an id deleted twice comes twice). LookupError
+        when the journal no longer reaches back to ``mark`` (a reader of deletions pins it)."""
+        if mark < self._offset:
+            raise LookupError(f"the change log holds positions from {self._offset}, not {mark}")
+        start = bisect.bisect_right(self._deleted, mark, key=lambda entry: entry[0])
+        return [doc_id for _, doc_id in self._deleted[start:]]
 
     def since(self, mark: int) -> np.ndarray:
         """The rows changed after ``mark`` (a past :attr:`mark`), each once, in row order."""

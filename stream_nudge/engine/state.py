@@ -207,7 +207,7 @@ class DocumentTable:
             self.free_slots.append(slot)
             self.slot_of[row] = -1
         self.free_rows.append(row)
-        self.changes.touch(row)
+        self.changes.touch_deleted(row, doc_id)
         return row
 
     def _grow_rows(self, capacity: int) -> None:
