@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -16,13 +17,25 @@ from stream_nudge.core.geometry import unit_rows
 from stream_nudge.engine.changes import ChangeLog
 from stream_nudge.engine.geometry_cache import SlotGeometry, grown
 
-__all__ = ["Decay", "DocumentTable"]
+__all__ = ["Decay", "DocumentState", "DocumentTable"]
 
 # Arrays grow by this factor: amortised O(1) appends, and at most half the capacity idle (doubling
 # would leave up to all of it idle, which a million 384-d documents feel as 1.5 GB).
 _GROWTH = 1.5
 # Sum rows updated at once: 64 float64 rows of d = 384 are 192 KiB, within a core's L2 cache.
 _ROWS_AT_ONCE = 64
+
+
+class DocumentState(NamedTuple):
+    """One document's whole state in the table: its unit original (float32), its query sum
+    (float64; None if no training click ever reached it), the clicks applied, the time its sum is
+    expressed at (decay), and what was last published for it (None if nothing)."""
+
+    original: np.ndarray
+    sum: np.ndarray | None
+    clicks: int
+    stamp: tuple[float, float]
+    published: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -195,19 +208,59 @@ class DocumentTable:
         self.alive[row] = False
         self.ids[row] = None
         self.originals[row] = 0.0
-        slot = int(self.slot_of[row])
-        if slot >= 0:
-            self.sums[slot] = 0.0
-            self.clicks[slot] = 0
-            self.has_published[slot] = False
-            self.moving[slot] = False
-            self.stamps[slot] = math.nan
-            self._geometry.forget(np.array([slot]))
-            self.row_of_slot[slot] = -1
-            self.free_slots.append(slot)
-            self.slot_of[row] = -1
+        self._release_slot(row)
         self.free_rows.append(row)
         self.changes.touch_deleted(row, doc_id)
+        return row
+
+    def _release_slot(self, row: int) -> None:
+        """The row's sum slot, if it has one, zeroed and free for another row."""
+        slot = int(self.slot_of[row])
+        if slot < 0:
+            return
+        self.sums[slot] = 0.0
+        self.clicks[slot] = 0
+        self.has_published[slot] = False
+        self.moving[slot] = False
+        self.stamps[slot] = math.nan
+        self._geometry.forget(np.array([slot]))
+        self.row_of_slot[slot] = -1
+        self.free_slots.append(slot)
+        self.slot_of[row] = -1
+
+    # --- one document's whole state (a changelog record's content) ------------------------------
+
+    def document(self, row: int) -> DocumentState:
+        """Everything the table holds of the document in ``row`` (copies)."""
+        slot = int(self.slot_of[row])
+        if slot < 0:
+            return DocumentState(self.originals[row].copy(), None, 0, (math.nan, math.nan), None)
+        published = self.published[slot].copy() if self.has_published[slot] else None
+        stamp = (float(self.stamps[slot, 0]), float(self.stamps[slot, 1]))
+        return DocumentState(
+            self.originals[row].copy(),
+            self.sums[slot].copy(),
+            int(self.clicks[slot]),
+            stamp,
+            published,
+        )
+
+    def set_document(self, doc_id: str, state: DocumentState) -> int:
+        """Make ``doc_id``'s state exactly ``state`` (what :meth:`document` gave); its row."""
+        row, _ = self.upsert(doc_id, state.original)
+        if state.sum is None:
+            self._release_slot(row)
+            return row
+        slot = int(self.slots_for(np.array([row]))[0])
+        self.sums[slot] = state.sum
+        self.clicks[slot] = state.clicks
+        self.stamps[slot] = state.stamp
+        self.moving[slot] = bool(np.any(state.sum != 0.0))
+        self.has_published[slot] = state.published is not None
+        if state.published is not None:
+            self.published[slot] = state.published
+        self._geometry.forget(np.array([slot]))
+        self.changes.touch(row)
         return row
 
     def _grow_rows(self, capacity: int) -> None:
