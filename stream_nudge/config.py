@@ -215,10 +215,14 @@ class ServiceConfig:
 class EngineParams:
     """The engine's part of the configuration: what NUDGE needs to know, and nothing about where
     records come from or go (no Kafka, files, checkpoints or metrics). ``Config.engine_params()``
-    takes it from the whole tree; the sections are the tree's own, checked with it."""
+    takes it from the whole tree, which extends it (:class:`Config`); the sections are the tree's
+    own, checked with it."""
 
+    #: "nudge-n" (unit-norm output, cosine or dot) or "nudge-m" (dot product only).
     method: str = "nudge-n"
+    #: The objective gamma maximises on the validation window: hit@K, mrr, mrr@K, ndcg@K.
     objective: str = "hit@1"
+    #: The embedding dimension; null: fixed by the first valid vector.
     dimension: int | None = None
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     gamma: GammaConfig = field(default_factory=GammaConfig)
@@ -243,21 +247,10 @@ class EngineParams:
 
 
 @dataclass(frozen=True)
-class Config:
-    #: "nudge-n" (unit-norm output, cosine or dot) or "nudge-m" (dot product only).
-    method: str = "nudge-n"
-    #: The objective gamma maximises on the validation window: hit@K, mrr, mrr@K, ndcg@K.
-    objective: str = "hit@1"
-    #: The embedding dimension; null: fixed by the first valid vector.
-    dimension: int | None = None
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
-    gamma: GammaConfig = field(default_factory=GammaConfig)
-    decay: DecayConfig = field(default_factory=DecayConfig)
-    publish: PublishConfig = field(default_factory=PublishConfig)
-    pending: PendingConfig = field(default_factory=PendingConfig)
-    queries: QueriesConfig = field(default_factory=QueriesConfig)
-    contract: ContractConfig = field(default_factory=ContractConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
+class Config(EngineParams):
+    """The whole configuration: the engine's part (:class:`EngineParams`, its fields come
+    first) and the rest (replay, Kafka, checkpoints, metrics, logging, the service)."""
+
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -266,16 +259,8 @@ class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
 
     def engine_params(self) -> EngineParams:
-        """The engine's part of this configuration."""
+        """The engine's part of this configuration, without the rest."""
         return EngineParams(**{f.name: getattr(self, f.name) for f in fields(EngineParams)})
-
-    @property
-    def similarity(self) -> str:
-        return self.engine_params().similarity
-
-    @property
-    def min_improvement(self) -> float:
-        return self.engine_params().min_improvement
 
     def __post_init__(self) -> None:
         _check(self)
