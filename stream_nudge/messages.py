@@ -197,7 +197,7 @@ class Decoder:
 
         The result is what decoding each record on its own gives. Once the dimension is known,
         records of the common shapes are checked and their vectors converted a batch at a time
-        (see :meth:`_decode_known`); vectors of one batch may then be rows of one array.
+        (see :func:`_decode_known`); vectors of one batch may then be rows of one array.
         """
         items, vectors = self.decode_rows(records)
         for i, item in enumerate(items):
@@ -213,14 +213,14 @@ class Decoder:
             out = []
             start = 0
             while self.dimension is None and start < len(records):
-                out.append(self._one(records[start]))
+                out.append(self.decode_one(records[start]))
                 if self.dimension is not None:
                     self.dimension_from = _where(records[start])
                 start += 1
             vectors = np.empty((len(records), self.dimension or 0), dtype=np.float32)
             if start < len(records):
                 part = records[start:] if start else records
-                out.extend(self._decode_known(part, vectors[start:]))
+                out.extend(_decode_known(self, part, vectors[start:]))
         # Events decoded on their own come as objects.
         for i, item in enumerate(out):
             if item.__class__ is Event:
@@ -228,7 +228,7 @@ class Decoder:
                 out[i] = (item.query_id, item.doc_ids, item.weight, item.split, item.ts)
         return DecodedBatch(out, vectors)
 
-    def _one(self, record: Record, obj: Any = None):
+    def decode_one(self, record: Record, obj: Any = None):
         """The reference: one record, every check in the contract's order (``obj``: parsed)."""
         try:
             if obj is None:
@@ -264,132 +264,6 @@ class Decoder:
         if not isinstance(obj, dict):
             raise _Reject("not_an_object", f"a JSON {type(obj).__name__}, not an object")
         return obj
-
-    def _decode_known(self, records: list[Record], rows: np.ndarray) -> list:
-        """Decode with the dimension known, a batch at a time where the records allow it.
-
-        A record takes the batch path only if it is a plain upsert or a single-document event
-        whose every field already passed the same checks as in :meth:`_one` and whose vector has
-        the stream's length (parsed by simdjson when the vector is a JSON array and the record is
-        plain enough, see :func:`_simdjson_record`; by orjson otherwise); everything else
-        (deletes, ``doc_ids`` lists, anything doubtful or bad) is decoded by :meth:`_one` on its
-        own, so reasons and their order stay the reference's. The batch path converts each kind
-        of vector with one call for the batch and checks finiteness (and zero documents) with one
-        reduction; a record whose vector fails there is decoded again by :meth:`_one`, which then
-        names the reason. The batch path's events come as :meth:`decode_rows` has them, their
-        vectors in ``rows`` (one per record).
-        """
-        dim = self.dimension
-        if len(records) < 2 or dim > self.max_dimension:
-            return [self._one(record) for record in records]
-        out: list = [None] * len(records)
-        one = self._one
-        loads = orjson.loads
-        parse = _simdjson_parser().parse
-        limit = self.max_message_bytes
-        max_weight = self.max_weight
-        strict = self.strict
-        b64_length = 4 * -(-4 * dim // 3)
-        # Per vector encoding: the records' indices, their fields, and their raw vectors.
-        lists: tuple[list[int], list, list] = ([], [], [])
-        texts: tuple[list[int], list, list] = ([], [], [])
-        doubles: tuple[list[int], list, list] = ([], [], [])
-        for i, record in enumerate(records):
-            value = record.value
-            if value is None or len(value) > limit:
-                out[i] = one(record)
-                continue
-            # A vector as a JSON array: simdjson, when the record is plain enough (else orjson).
-            if value.__class__ is bytes and value[:1] == b"{" and b'_b64"' not in value:
-                found = _simdjson_record(parse, value, record.topic, dim, max_weight, strict)
-                if found is not None:
-                    doubles[0].append(i)
-                    doubles[1].append(found[0])
-                    doubles[2].append(found[1])
-                    if len(doubles[0]) == _GROUP:
-                        self._finish(doubles, _from_doubles, records, out, rows)
-                    continue
-            try:
-                obj = loads(value)
-            except orjson.JSONDecodeError:
-                out[i] = one(record)
-                continue
-            if obj.__class__ is not dict or (
-                strict and not KNOWN_FIELDS[record.topic].issuperset(obj)
-            ):
-                out[i] = one(record, obj if obj.__class__ is dict else None)
-                continue
-            if record.topic == "docs":
-                doc_id = _upsert_id(obj.get("id"), obj.get("op", "upsert"))
-                if doc_id is None:
-                    out[i] = one(record, obj)
-                    continue
-                fields = doc_id
-                name = "embedding"
-            else:
-                fields = "doc_ids" not in obj and _event_fields(
-                    obj.get("query_id"),
-                    obj.get("doc_id"),
-                    obj.get("weight", 1.0),
-                    obj.get("split"),
-                    obj.get("ts"),
-                    max_weight,
-                )
-                if not fields:
-                    out[i] = one(record, obj)
-                    continue
-                name = "query_embedding"
-            raw = obj.get(name)
-            if raw is not None and name + "_b64" in obj:
-                out[i] = one(record, obj)  # ambiguous: the reference says so
-                continue
-            if raw is not None:
-                group, convert = (lists, _from_lists) if raw.__class__ is list else (None, None)
-                if group is not None and len(raw) != dim:
-                    group = None
-            else:
-                raw = obj.get(name + "_b64")
-                group, convert = (texts, _from_base64) if raw.__class__ is str else (None, None)
-                if group is not None and len(raw) != b64_length:
-                    group = None
-            if group is None:
-                out[i] = one(record, obj)
-                continue
-            group[0].append(i)
-            group[1].append(fields)
-            group[2].append(raw)
-            if len(group[0]) == _GROUP:
-                self._finish(group, convert, records, out, rows)
-        self._finish(doubles, _from_doubles, records, out, rows)
-        self._finish(lists, _from_lists, records, out, rows)
-        self._finish(texts, _from_base64, records, out, rows)
-        return out
-
-    def _finish(self, group: tuple[list, list, list], convert, records, out: list, rows) -> None:
-        """Convert a group's vectors at once, check them, and put its items in ``out`` (the
-        vectors in ``rows``)."""
-        index, fields, raws = group
-        if not index:
-            return
-        vectors = convert(raws, self.dimension)
-        if vectors is None:  # some vector is not what it seemed: each on its own
-            for i in index:
-                out[i] = self._one(records[i])
-        else:
-            good = np.isfinite(vectors).all(axis=1)
-            if any(f.__class__ is str for f in fields):
-                # Documents must not be all zeros (a zero query is fine).
-                good &= vectors.any(axis=1) | np.array([f.__class__ is not str for f in fields])
-            rows[index] = vectors
-            for i, f, ok in zip(index, fields, good.tolist(), strict=True):
-                if not ok:
-                    out[i] = self._one(records[i])
-                elif f.__class__ is str:
-                    out[i] = DocUpsert(f, rows[i])
-                else:
-                    out[i] = f
-        for part in group:
-            part.clear()
 
     def _document(self, obj: dict):
         doc_id, op = _document_fields(obj.get("id", _MISSING), obj.get("op", "upsert"))
@@ -482,6 +356,137 @@ class Decoder:
         if self.dimension is None:
             self.dimension = size
         return vector
+
+
+# --- the batch path: the decoder's records a batch at a time --------------------------------
+
+
+def _decode_known(decoder: Decoder, records: list[Record], rows: np.ndarray) -> list:
+    """Decode with the dimension known, a batch at a time where the records allow it.
+
+    A record takes the batch path only if it is a plain upsert or a single-document event whose
+    every field already passed the same checks as in :meth:`Decoder.decode_one` and whose vector
+    has the stream's length (parsed by simdjson when the vector is a JSON array and the record is
+    plain enough, see :func:`_simdjson_record`; by orjson otherwise); everything else (deletes,
+    ``doc_ids`` lists, anything doubtful or bad) is decoded by :meth:`Decoder.decode_one` on its
+    own, so reasons and their order stay the reference's. The batch path converts each kind of
+    vector with one call for the batch and checks finiteness (and zero documents) with one
+    reduction; a record whose vector fails there is decoded again by :meth:`Decoder.decode_one`,
+    which then names the reason. The batch path's events come as :meth:`Decoder.decode_rows` has
+    them, their vectors in ``rows`` (one per record).
+    """
+    dim = decoder.dimension
+    if len(records) < 2 or dim > decoder.max_dimension:
+        return [decoder.decode_one(record) for record in records]
+    out: list = [None] * len(records)
+    one = decoder.decode_one
+    loads = orjson.loads
+    parse = _simdjson_parser().parse
+    limit = decoder.max_message_bytes
+    max_weight = decoder.max_weight
+    strict = decoder.strict
+    b64_length = 4 * -(-4 * dim // 3)
+    # Per vector encoding: the records' indices, their fields, and their raw vectors.
+    lists: tuple[list[int], list, list] = ([], [], [])
+    texts: tuple[list[int], list, list] = ([], [], [])
+    doubles: tuple[list[int], list, list] = ([], [], [])
+    for i, record in enumerate(records):
+        value = record.value
+        if value is None or len(value) > limit:
+            out[i] = one(record)
+            continue
+        # A vector as a JSON array: simdjson, when the record is plain enough (else orjson).
+        if value.__class__ is bytes and value[:1] == b"{" and b'_b64"' not in value:
+            found = _simdjson_record(parse, value, record.topic, dim, max_weight, strict)
+            if found is not None:
+                doubles[0].append(i)
+                doubles[1].append(found[0])
+                doubles[2].append(found[1])
+                if len(doubles[0]) == _GROUP:
+                    _finish(decoder, doubles, _from_doubles, records, out, rows)
+                continue
+        try:
+            obj = loads(value)
+        except orjson.JSONDecodeError:
+            out[i] = one(record)
+            continue
+        if obj.__class__ is not dict or (strict and not KNOWN_FIELDS[record.topic].issuperset(obj)):
+            out[i] = one(record, obj if obj.__class__ is dict else None)
+            continue
+        if record.topic == "docs":
+            doc_id = _upsert_id(obj.get("id"), obj.get("op", "upsert"))
+            if doc_id is None:
+                out[i] = one(record, obj)
+                continue
+            fields = doc_id
+            name = "embedding"
+        else:
+            fields = "doc_ids" not in obj and _event_fields(
+                obj.get("query_id"),
+                obj.get("doc_id"),
+                obj.get("weight", 1.0),
+                obj.get("split"),
+                obj.get("ts"),
+                max_weight,
+            )
+            if not fields:
+                out[i] = one(record, obj)
+                continue
+            name = "query_embedding"
+        raw = obj.get(name)
+        if raw is not None and name + "_b64" in obj:
+            out[i] = one(record, obj)  # ambiguous: the reference says so
+            continue
+        if raw is not None:
+            group, convert = (lists, _from_lists) if raw.__class__ is list else (None, None)
+            if group is not None and len(raw) != dim:
+                group = None
+        else:
+            raw = obj.get(name + "_b64")
+            group, convert = (texts, _from_base64) if raw.__class__ is str else (None, None)
+            if group is not None and len(raw) != b64_length:
+                group = None
+        if group is None:
+            out[i] = one(record, obj)
+            continue
+        group[0].append(i)
+        group[1].append(fields)
+        group[2].append(raw)
+        if len(group[0]) == _GROUP:
+            _finish(decoder, group, convert, records, out, rows)
+    _finish(decoder, doubles, _from_doubles, records, out, rows)
+    _finish(decoder, lists, _from_lists, records, out, rows)
+    _finish(decoder, texts, _from_base64, records, out, rows)
+    return out
+
+
+def _finish(
+    decoder: Decoder, group: tuple[list, list, list], convert, records, out: list, rows
+) -> None:
+    """Convert a group's vectors at once, check them, and put its items in ``out`` (the
+    vectors in ``rows``)."""
+    index, fields, raws = group
+    if not index:
+        return
+    vectors = convert(raws, decoder.dimension)
+    if vectors is None:  # some vector is not what it seemed: each on its own
+        for i in index:
+            out[i] = decoder.decode_one(records[i])
+    else:
+        good = np.isfinite(vectors).all(axis=1)
+        if any(f.__class__ is str for f in fields):
+            # Documents must not be all zeros (a zero query is fine).
+            good &= vectors.any(axis=1) | np.array([f.__class__ is not str for f in fields])
+        rows[index] = vectors
+        for i, f, ok in zip(index, fields, good.tolist(), strict=True):
+            if not ok:
+                out[i] = decoder.decode_one(records[i])
+            elif f.__class__ is str:
+                out[i] = DocUpsert(f, rows[i])
+            else:
+                out[i] = f
+    for part in group:
+        part.clear()
 
 
 # --- the field rules ------------------------------------------------------------------------

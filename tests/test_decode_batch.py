@@ -350,7 +350,7 @@ def test_plain_records_never_take_the_one_by_one_path(vectors, monkeypatch):
     ]
     decoder = Decoder(dim)
     slow, parsed = [], []
-    monkeypatch.setattr(decoder, "_one", lambda *args: slow.append(args))
+    monkeypatch.setattr(decoder, "decode_one", lambda *args: slow.append(args))
     loads = orjson.loads
     monkeypatch.setattr(messages.orjson, "loads", lambda v: parsed.append(v) or loads(v))
     got = decoder.decode_batch(batch)
