@@ -116,6 +116,14 @@ def own_decoder_loop(path: Path, field: str) -> float:
     return time.perf_counter() - t0
 
 
+def with_documents(config, docs_path: Path, out: Path):
+    """A fresh engine that has read the documents file (untimed), and its JSONL sink."""
+    engine = Engine(config)
+    sink = JsonlSink(out)
+    run(engine, JsonlSource(docs_path, None), sink, config.replay.batch_size, ending=NO_SELECTION)
+    return engine, sink
+
+
 def ingest(n_docs: int, n_events: int, dim: int, repeat: int, profile: bool = False) -> dict:
     config = load_config(overrides={"gamma": {"every_events": 0, "every_seconds": 0}})
     results = {}
@@ -129,15 +137,7 @@ def ingest(n_docs: int, n_events: int, dim: int, repeat: int, profile: bool = Fa
             for round_ in range(repeat):
                 base_times.append(decode_loop(events_path, "query_embedding"))
                 own_times.append(own_decoder_loop(events_path, "query_embedding"))
-                engine = Engine(config)
-                sink = JsonlSink(folder / "out.jsonl")
-                run(
-                    engine,
-                    JsonlSource(docs_path, None),
-                    sink,
-                    config.replay.batch_size,
-                    ending=NO_SELECTION,
-                )
+                engine, sink = with_documents(config, docs_path, folder / "out.jsonl")
                 source = JsonlSource(None, events_path)
                 t0 = time.perf_counter()
                 run(engine, source, sink, config.replay.batch_size, ending=NO_SELECTION)
@@ -161,15 +161,7 @@ def ingest(n_docs: int, n_events: int, dim: int, repeat: int, profile: bool = Fa
             results[encoding]["own_decoder_loop_events_per_s"] = n_events / min(own_times)
             results[encoding]["ratio_to_own_decoder_loop"] = min(own_times) / mine
             if profile:
-                engine = Engine(config)
-                sink = JsonlSink(folder / "out.jsonl")
-                run(
-                    engine,
-                    JsonlSource(docs_path, None),
-                    sink,
-                    config.replay.batch_size,
-                    ending=NO_SELECTION,
-                )
+                engine, sink = with_documents(config, docs_path, folder / "out.jsonl")
                 source = JsonlSource(None, events_path)
                 profiled(
                     lambda e=engine, s=source, k=sink: run(

@@ -15,7 +15,7 @@ import numpy as np
 
 from stream_nudge.core.geometry import rotation, turnable
 
-__all__ = ["SlotGeometry", "grown"]
+__all__ = ["SlotGeometry", "grown", "wide"]
 
 
 def grown(array: np.ndarray, rows: int, fill=0) -> np.ndarray:
@@ -30,6 +30,15 @@ def grown(array: np.ndarray, rows: int, fill=0) -> np.ndarray:
     if fill:
         bigger[array.shape[0] :] = fill
     return bigger
+
+
+def wide(owner, name: str, rows: int) -> np.ndarray:
+    """``owner``'s lazily grown table ``name``, grown to ``rows`` now if it is shorter."""
+    table = getattr(owner, name)
+    if len(table) < rows:
+        table = grown(table, rows)
+        setattr(owner, name, table)
+    return table
 
 
 class SlotGeometry:
@@ -61,11 +70,7 @@ class SlotGeometry:
         self.plane_ok[slots] = False
 
     def _wide(self, name: str) -> np.ndarray:
-        table = getattr(self, name)
-        if len(table) < len(self.dir_ok):
-            table = grown(table, len(self.dir_ok))
-            setattr(self, name, table)
-        return table
+        return wide(self, name, len(self.dir_ok))
 
     def get(self, docs, rows: np.ndarray, planes: bool, vectors: bool = True):
         """What selecting gamma needs of nudged ``rows`` of ``docs`` (a DocumentTable), computed

@@ -15,7 +15,7 @@ import numpy as np
 
 from stream_nudge.core.geometry import unit_rows
 from stream_nudge.engine.changes import ChangeLog
-from stream_nudge.engine.geometry_cache import SlotGeometry, grown
+from stream_nudge.engine.geometry_cache import SlotGeometry, grown, wide
 
 __all__ = ["Decay", "DocumentState", "DocumentTable"]
 
@@ -278,11 +278,7 @@ class DocumentTable:
 
     def _wide(self, name: str) -> np.ndarray:
         """The lazily grown ``[slot capacity, dim]`` table ``name``, grown to the capacity now."""
-        table = getattr(self, name)
-        if len(table) < len(self.clicks):
-            table = grown(table, len(self.clicks))
-            setattr(self, name, table)
-        return table
+        return wide(self, name, len(self.clicks))
 
     def slots_for(self, rows: np.ndarray) -> np.ndarray:
         """The sum slot of each row, allocating slots for rows that have none yet.
