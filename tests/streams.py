@@ -115,5 +115,5 @@ def sums_by_id(engine) -> dict[str, np.ndarray]:
     out = {}
     for doc_id, row in docs.row_of.items():
         slot = docs.slot_of[row]
-        out[doc_id] = docs.sums[slot].copy() if slot >= 0 else np.zeros(docs.dim)
+        out[doc_id] = docs.slots.sums[slot].copy() if slot >= 0 else np.zeros(docs.dim)
     return out

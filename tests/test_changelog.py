@@ -18,7 +18,8 @@ from stream_nudge.engine.changelog import (
     encode_document,
     records_since,
 )
-from stream_nudge.engine.state import Decay, DocumentTable
+from stream_nudge.engine.slots import Decay
+from stream_nudge.engine.state import DocumentTable
 
 SETTINGS = settings(
     max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -86,8 +87,8 @@ def test_the_records_of_every_commit_rebuild_the_table(ops, compact, decay, cut)
             row = table.row_of.get(f"d{op[1]}")
             if row is not None and table.slot_of[row] >= 0:
                 slot = table.slot_of[row]
-                table.published[slot] = rng.normal(size=3).astype(np.float32)
-                table.has_published[slot] = True
+                table.slots.published[slot] = rng.normal(size=3).astype(np.float32)
+                table.slots.has_published[slot] = True
                 table.changes.touch(row)  # as the publisher's write is a change to record
         else:
             log.extend(records_since(table, mark))

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_nudge.engine import state
+from stream_nudge.engine import slots
 from stream_nudge.engine.state import DocumentTable
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -38,12 +38,12 @@ operations = st.lists(
 def test_sums_slots_and_moving_flags_match_one_click_at_a_time(ops, rows_at_once):
     """Also with the sums updated a row, two or three rows at a time, so that the pieces' edges
     fall everywhere in a batch of clicks."""
-    kept = state._ROWS_AT_ONCE
-    state._ROWS_AT_ONCE = rows_at_once
+    kept = slots._ROWS_AT_ONCE
+    slots._ROWS_AT_ONCE = rows_at_once
     try:
         check_sums_against_one_click_at_a_time(ops)
     finally:
-        state._ROWS_AT_ONCE = kept
+        slots._ROWS_AT_ONCE = kept
 
 
 def check_sums_against_one_click_at_a_time(ops):
@@ -79,9 +79,9 @@ def check_sums_against_one_click_at_a_time(ops):
         for row in rows:
             doc_id = table.ids[row]
             slot = table.slot_of[row]
-            got = table.sums[slot] if slot >= 0 else np.zeros(2)
+            got = table.slots.sums[slot] if slot >= 0 else np.zeros(2)
             assert np.array_equal(got, sums.get(doc_id, np.zeros(2)))
-            assert (table.clicks[slot] if slot >= 0 else 0) == clicks.get(doc_id, 0)
+            assert (table.slots.clicks[slot] if slot >= 0 else 0) == clicks.get(doc_id, 0)
             expected_moving.append(bool(np.any(sums.get(doc_id, np.zeros(2)) != 0.0)))
         assert table.is_nudged(rows).tolist() == expected_moving
         assert table.nudged_rows().tolist() == rows[np.array(expected_moving, dtype=bool)].tolist()
@@ -89,13 +89,13 @@ def check_sums_against_one_click_at_a_time(ops):
         used = table.slot_of[rows]
         used = used[used >= 0]
         assert len(set(used.tolist())) == len(used)
-        assert set(used.tolist()).isdisjoint(table.free_slots)
-        for slot in table.free_slots:
-            assert not table.sums[slot].any() and not table.moving[slot]
+        assert set(used.tolist()).isdisjoint(table.slots.free)
+        for slot in table.slots.free:
+            assert not table.slots.sums[slot].any() and not table.slots.moving[slot]
     # Recomputing the flags from the sums (as a restore does) changes nothing.
-    before = table.moving.copy()
-    table.recount()
-    assert np.array_equal(table.moving, before)
+    before = table.slots.moving.copy()
+    table.slots.recount()
+    assert np.array_equal(table.slots.moving, before)
 
 
 upserts = st.lists(st.sampled_from([0.0, 1.0, -1.0, 0.3]), min_size=2, max_size=2).filter(any)
@@ -142,9 +142,9 @@ def test_published_table_is_grown_only_when_used_and_keeps_its_rows():
     table = DocumentTable(2, capacity=2, slot_capacity=1)
     rows = [table.upsert(f"d{i}", np.array([1.0, 0.0], dtype=np.float32))[0] for i in range(40)]
     table.add(np.array(rows[:5]), np.ones(5), np.ones((5, 2), dtype=np.float32))
-    assert table._published.size == 0  # five slots of sums, no published table yet
+    assert table.slots._published.size == 0  # five slots of sums, no published table yet
     slots = table.slot_of[rows[:5]]
-    table.published[slots] = np.arange(10, dtype=np.float32).reshape(5, 2)
+    table.slots.published[slots] = np.arange(10, dtype=np.float32).reshape(5, 2)
     table.add(np.array(rows[5:]), np.ones(35), np.ones((35, 2), dtype=np.float32))
-    assert len(table.published) == len(table.sums) >= 40
-    assert table.published[slots].tolist() == np.arange(10).reshape(5, 2).tolist()
+    assert len(table.slots.published) == len(table.slots.sums) >= 40
+    assert table.slots.published[slots].tolist() == np.arange(10).reshape(5, 2).tolist()

@@ -9,7 +9,7 @@ from streams import doc_message, event_message, records, run_engine
 from test_engine_behaviour import toy
 
 from stream_nudge.config import ConfigError, load_config
-from stream_nudge.engine.state import Decay
+from stream_nudge.engine.slots import Decay
 
 DIM = 4
 
@@ -22,11 +22,11 @@ def aged_sums(engine, now):
     for doc_id, row in docs.row_of.items():
         slot = docs.slot_of[row]
         if slot >= 0:
-            stamp = docs.stamps[slot].copy()
+            stamp = docs.slots.stamps[slot].copy()
             if np.isnan(stamp[1]):
                 stamp[1] = origin
             factor = decay.factors(np.array([now[0] - stamp[0]]), np.array([now[1] - stamp[1]]))[0]
-            out[doc_id] = docs.sums[slot] * factor
+            out[doc_id] = docs.slots.sums[slot] * factor
     return out
 
 
@@ -98,7 +98,7 @@ def test_without_decay_the_sums_are_plain_sums():
     for row in range(plain.docs.n_rows):
         a, b = plain.docs.slot_of[row], slow.docs.slot_of[row]
         if a >= 0:
-            np.testing.assert_allclose(plain.docs.sums[a], slow.docs.sums[b], rtol=1e-9)
+            np.testing.assert_allclose(plain.docs.slots.sums[a], slow.docs.slots.sums[b], rtol=1e-9)
 
 
 def test_decay_turns_a_document_toward_its_recent_clicks():
@@ -165,5 +165,5 @@ def test_a_checkpoint_from_before_decay_restores_without_nan():
     assert np.isfinite(old.window.born[old.window.active_slots()]).all()
     old.process(records(doc_msgs[20:], events[40:]))
     old.finish()
-    assert np.isfinite(old.docs.sums[: old.docs.n_slots]).all()
-    assert old.counts["folded_queries"] > 0 and old.docs.sums[: old.docs.n_slots].any()
+    assert np.isfinite(old.docs.slots.sums[: old.docs.slots.used]).all()
+    assert old.counts["folded_queries"] > 0 and old.docs.slots.sums[: old.docs.slots.used].any()

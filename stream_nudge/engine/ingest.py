@@ -24,7 +24,8 @@ import numpy as np
 from stream_nudge.config import EngineParams
 from stream_nudge.engine.pending import PendingClicks, Waiting
 from stream_nudge.engine.queries import QueryMemory
-from stream_nudge.engine.state import Decay, DocumentTable
+from stream_nudge.engine.slots import Decay
+from stream_nudge.engine.state import DocumentTable
 from stream_nudge.engine.train import ClickBuffer
 from stream_nudge.engine.window import ValidationWindow
 from stream_nudge.messages import DeadLetter, Record, encode_event, query_hash, validation_below

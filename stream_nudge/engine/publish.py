@@ -73,9 +73,7 @@ class Publisher:
         if len(rows) == 0:
             return None
         rows = rows[docs.alive[rows]]
-        slots = docs.slot_of[rows]
-        seen = slots >= 0
-        seen[seen] = docs.has_published[slots[seen]]
+        seen, published = docs.last_published(rows)
         must = (
             np.isin(rows, np.fromiter(forced, dtype=np.int64, count=len(forced)))
             if forced
@@ -86,13 +84,12 @@ class Publisher:
             # published at another gamma: only those documents (and forced ones) can need an
             # update. Ingest before the first selection (most of a replay) stops here.
             keep = seen | must
-            rows, slots, seen, must = rows[keep], slots[keep], seen[keep], must[keep]
+            rows, seen, must = rows[keep], seen[keep], must[keep]
         if len(rows) == 0:
             return None
         current = fine_tuned(docs, rows, gamma, self.method)
         baseline = np.empty(current.shape, dtype=np.float64)
-        if seen.any():
-            baseline[seen] = docs.published[slots[seen]]
+        baseline[seen] = published
         baseline[~seen] = docs.originals[rows[~seen]]
         moved = np.linalg.norm(current.astype(np.float64) - baseline, axis=1)
         emitted = np.flatnonzero(must | (moved > self.min_change))
@@ -100,10 +97,8 @@ class Publisher:
             return None
         vectors = current[emitted]
         generations = generation + 1 + np.arange(len(emitted), dtype=np.int64)
-        chosen, slots = rows[emitted], slots[emitted]
-        kept = slots >= 0
-        docs.published[slots[kept]] = vectors[kept]
-        docs.has_published[slots[kept]] = True
+        chosen = rows[emitted]
+        docs.note_published(chosen, vectors)
         return Updates(
             [docs.ids[r] for r in chosen.tolist()],
             vectors,

@@ -53,6 +53,7 @@ from stream_nudge.core.selection import (
     query_values,
     step_limit,
 )
+from stream_nudge.engine.columns import ScoreColumns
 
 __all__ = ["SelectionCache"]
 
@@ -67,9 +68,6 @@ _MARGIN = 1e-5
 # Recomputing the curves of every query costs about as much as testing this share of the
 # columns against every query; beyond it, recompute them all.
 _ALL_COLUMNS = 0.25
-
-# Tables grow by this factor past the columns needed.
-_GROWTH = 1.25
 
 
 def _curve_bounds(a, b, phi, flat, upper: float):
@@ -119,12 +117,7 @@ class SelectionCache:
     def clear(self) -> None:
         """Forget everything: the next selection computes from scratch."""
         cap = self.capacity
-        self.n_cols = 0
-        self.col_rows = np.zeros(0, dtype=np.int64)
-        self.col_slots = np.zeros(0, dtype=np.int64)
-        self.col_versions = np.zeros(0, dtype=np.int64)
-        self.angles = np.zeros(0)
-        self.tables = [np.zeros((cap, 0), dtype=np.float32) for _ in range(self.n_tables)]
+        self.columns = ScoreColumns(cap, self.n_tables)
         self.row_epoch = np.full(cap, -1, dtype=np.int64)
         self.query_epoch = np.full(cap, -1, dtype=np.int64)
         self.inputs: list[bytes | None] = [None] * cap
@@ -142,60 +135,7 @@ class SelectionCache:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.tables)
-
-    # --- columns ------------------------------------------------------------------------------
-
-    def _sync_columns(self, docs, nudged, where):
-        """Bring the columns to the nudged documents ``nudged`` (rows; ``where[row]`` is a row's
-        place in ``nudged`` or -1). Returns the stale columns' old values ``(tables..., angles)``
-        over all slots, or None when so many changed that every query is recomputed anyway, and
-        the columns whose values are new (modified, then added)."""
-        n = self.n_cols
-        slots = docs.slot_of[nudged]
-        versions = docs.changes.versions[nudged]
-        rows = self.col_rows[:n]
-        pos = where[rows]
-        alive = pos >= 0
-        same = alive.copy()
-        same[alive] = (self.col_slots[:n][alive] == slots[pos[alive]]) & (
-            self.col_versions[:n][alive] == versions[pos[alive]]
-        )
-        stale = np.flatnonzero(~same)
-        old = None
-        if len(stale) + len(nudged) - alive.sum() <= self.all_columns * max(len(nudged), 1):
-            old = [t[:, stale].copy() for t in self.tables] + [self.angles[stale].copy()]
-        removed = np.flatnonzero(~alive)
-        modified = np.flatnonzero(alive & ~same)
-        # Fill the holes the removed columns leave with the last surviving columns.
-        m = n - len(removed)
-        holes = removed[removed < m]
-        movers = np.setdiff1d(np.arange(m, n), removed)
-        if len(holes):
-            for t in self.tables:
-                t[:, holes] = t[:, movers]
-            for name in ("col_rows", "col_slots", "col_versions", "angles"):
-                arr = getattr(self, name)
-                arr[holes] = arr[movers]
-            moved_to = np.arange(n)
-            moved_to[movers] = holes
-            modified = moved_to[modified]
-        in_cache = np.zeros(docs.n_rows, dtype=bool)
-        in_cache[self.col_rows[:m]] = True
-        added = nudged[~in_cache[nudged]]
-        total = m + len(added)
-        if total > self.tables[0].shape[1]:
-            cap = max(total, int(total * _GROWTH))
-            self.tables = [_widened(t, cap) for t in self.tables]
-            for name in ("col_rows", "col_slots", "col_versions", "angles"):
-                setattr(self, name, _widened(getattr(self, name), cap))
-        self.col_rows[m:total] = added
-        self.n_cols = total
-        fresh = np.concatenate([modified, np.arange(m, total)])
-        fresh_rows = self.col_rows[fresh]
-        self.col_slots[fresh] = docs.slot_of[fresh_rows]
-        self.col_versions[fresh] = docs.changes.versions[fresh_rows]
-        return old, fresh
+        return self.columns.nbytes
 
     # --- the selection ------------------------------------------------------------------------
 
@@ -216,15 +156,15 @@ class SelectionCache:
         present = occupied & (self.row_epoch == window.epoch)
         where = np.full(docs.n_rows, -1, dtype=np.int64)
         where[nudged] = np.arange(len(nudged))
-        old, fresh = self._sync_columns(docs, nudged, where)
-        n = self.n_cols
-        col_pos = where[self.col_rows[:n]]
+        old, fresh = self.columns.sync(docs, nudged, where, self.all_columns)
+        n = self.columns.n
+        col_pos = where[self.columns.rows[:n]]
         if planes:
-            self.angles[:n] = angles[col_pos]
+            self.columns.angles[:n] = angles[col_pos]
         unit = window.unit
 
-        def columns(cols):
-            col_rows = self.col_rows[cols]
+        def vectors_of(cols):
+            col_rows = self.columns.rows[cols]
             directions, tangents, _, _ = docs.geometry(col_rows, planes=planes)
             out = [docs.originals[col_rows], directions]
             if planes:
@@ -235,13 +175,13 @@ class SelectionCache:
         kept = np.flatnonzero(present)
         if len(fresh) and len(kept):
             v = unit[kept]
-            for t, x in zip(self.tables, columns(fresh), strict=True):
+            for t, x in zip(self.columns.tables, vectors_of(fresh), strict=True):
                 t[np.ix_(kept, fresh)] = v @ x.T
         new_rows = slots[~present[slots]]
         if len(new_rows):
             v = unit[new_rows]
             run = _is_run(new_rows)
-            for t, x in zip(self.tables, columns(np.arange(n)), strict=True):
+            for t, x in zip(self.columns.tables, vectors_of(np.arange(n)), strict=True):
                 if run:
                     # Straight into the table (a full refresh): no second 160 MB to write.
                     np.matmul(v, x.T, out=t[new_rows[0] : new_rows[-1] + 1, :n])
@@ -251,16 +191,16 @@ class SelectionCache:
 
         # Each query's inputs: its answers, their scores, its best untouched scores.
         col_of = np.full(docs.n_rows, -1, dtype=np.int64)
-        col_of[self.col_rows[:n]] = np.arange(n)
+        col_of[self.columns.rows[:n]] = np.arange(n)
         counts = np.diff(ptr)
         pair_slot = np.repeat(slots, counts)
         cols = col_of[rows]
         nudged_answer = cols >= 0
         static = np.einsum("ij,ij->i", unit[pair_slot], docs.originals[rows]).astype(np.float64)
         static[nudged_answer] = 0.0
-        answer_values = [_pick(t, pair_slot, cols) for t in self.tables]
+        answer_values = [_pick(t, pair_slot, cols) for t in self.columns.tables]
         if planes:
-            answer_values.append(_pick(self.angles[None, :n], np.zeros_like(cols), cols))
+            answer_values.append(_pick(self.columns.angles[None, :n], np.zeros_like(cols), cols))
         answer_values = np.stack(answer_values, axis=1)
         others = np.asarray(others, dtype=np.float32)
         dirty = self.query_epoch[slots] != window.epoch[slots]
@@ -285,7 +225,7 @@ class SelectionCache:
         elif (len(old[-1]) or len(fresh)) and not dirty.all():
             clean = np.flatnonzero(~dirty)
             before = old
-            after = [t[:, fresh] for t in self.tables] + [self.angles[fresh]]
+            after = [t[:, fresh] for t in self.columns.tables] + [self.columns.angles[fresh]]
             reach = self._reach(slots[clean], before) | self._reach(slots[clean], after)
             dirty[clean[reach]] = True
 
@@ -360,14 +300,14 @@ class SelectionCache:
         which = np.flatnonzero(dirty)
         if len(which) == 0:
             return
-        n = self.n_cols
+        n = self.columns.n
         chosen = slots[which]
         counts = np.diff(ptr)[which]
         pairs = np.concatenate([np.arange(ptr[i], ptr[i + 1]) for i in which.tolist()])
         if _is_run(chosen):
-            tables = [t[chosen[0] : chosen[-1] + 1, :n] for t in self.tables]
+            tables = [t[chosen[0] : chosen[-1] + 1, :n] for t in self.columns.tables]
         else:
-            tables = [t[chosen, :n] for t in self.tables]
+            tables = [t[chosen, :n] for t in self.columns.tables]
         scores = ValidationScores(
             sims=tables[0],
             pulls=tables[1],
@@ -376,7 +316,7 @@ class SelectionCache:
             answer_static=static[pairs],
             others=others[which],
             tangents=tables[2] if self.method == "nudge-n" else None,
-            angles=self.angles[:n] if self.method == "nudge-n" else None,
+            angles=self.columns.angles[:n] if self.method == "nudge-n" else None,
         )
         curves = query_curves(scores, self.objective, self.method, self.max_gamma)
         zero = query_values(scores, self.objective, self.method, 0.0)
@@ -398,7 +338,7 @@ class SelectionCache:
             low, _ = _curve_bounds(
                 _pick(tables[0], q, a_cols) + static_or,
                 _pick(tables[2], q, a_cols),
-                _pick(self.angles[None, :n], np.zeros_like(q), a_cols),
+                _pick(self.columns.angles[None, :n], np.zeros_like(q), a_cols),
                 _pick(tables[1], q, a_cols) + static_or,
                 self.upper,
             )
@@ -428,10 +368,3 @@ def _pick(table: np.ndarray, q: np.ndarray, cols: np.ndarray) -> np.ndarray:
     if table.shape[1] == 0:
         return np.zeros(len(q))
     return np.where(cols >= 0, table[q, np.maximum(cols, 0)], 0.0).astype(np.float64)
-
-
-def _widened(array: np.ndarray, columns: int) -> np.ndarray:
-    """``array`` with room for ``columns`` along its last axis."""
-    out = np.zeros((*array.shape[:-1], columns), dtype=array.dtype)
-    out[..., : array.shape[-1]] = array
-    return out
