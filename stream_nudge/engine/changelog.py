@@ -1,106 +1,481 @@
-"""The document table as a changelog: one record per document id, the latest one wins.
+"""The engine's state as a changelog: keyed records, the latest one per key wins.
 
-A record's key is the document id (UTF-8); its value is the document's whole state in the table
-(:class:`~stream_nudge.engine.state.DocumentState`), or None for a deleted document (a Kafka
-tombstone). Compacted by key, the records of a table's changes rebuild the table: applying them
-in order to an empty table gives, document by document, the same originals, query sums, click
-counts, sum times and published vectors (rows may differ: they are the table's own business).
+A checkpoint writes the whole state; a changelog writes what changed since the last commit, as
+records that a compacted topic keeps by key. Replayed in order (or compacted: the last record of
+each key), the records rebuild the state a checkpoint of the same moment holds. Three stores, each
+a topic of its own in the runtime (as Kafka Streams keeps one changelog topic per store):
 
-:func:`records_since` turns what changed since a reader's mark into records (that reader pins
-its mark in the change log, which then keeps the deleted ids for it); :func:`apply_records`
-applies records to a table. Issue 18's runtime writes the first to a compacted topic at every
-commit and reads it back on a restore.
+- ``documents``: key the document id; value its row and unit original. Written when the original
+  is set (new or replaced), so a click costs no original; a tombstone when the document goes.
+- ``sums``: key the document id; value its query sum, click count, the sum's time (decay) and the
+  vector last published for it. Written when clicks reach the sum or something is published.
+- ``engine``: everything else, which has no document id: ``w:<slot>`` one record per validation
+  window slot (its query, answers and score cache), ``q:<query id>`` the query memory, one per
+  query id, ``p:<arrival number>`` one per click waiting for its document, and ``scalars`` the
+  small rest (gamma, the generation counter, counts, stream time, ...).
 
-The value, little-endian: a format byte (1), a flags byte (1: a query sum follows the original,
-2: a published vector ends the record), the original (float32 x dim), then with a sum: the sum
-(float64 x dim), the clicks (int64) and the sum's time (2 x float64), then with a published
-vector: it (float32 x dim).
+Keys by document id put a document's records in the partition its input records go to (the same
+partitioner), which is what a member that owns some partitions restores from.
+
+What changed is known without a pass over the corpus: the document table's change logs (a mark
+per log, the deletions kept by pinning); the window's slots are compared with a copy of what was
+written (a few MB at most); the query memory by the identity of each entry (an entry is replaced,
+never modified, when it changes); the waiting clicks by arrival number.
+
+Values are little-endian binary for the vectors, JSON for the rest; each starts with a format
+byte. :class:`ChangelogError` names what does not decode; the runtime adds topic, partition and
+offset.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+from typing import NamedTuple
+
 import numpy as np
+import orjson
 
-from stream_nudge.engine.state import DocumentState, DocumentTable
+from stream_nudge.engine.engine import Engine
+from stream_nudge.engine.state import DocumentTable
 
-__all__ = ["ChangelogError", "apply_records", "decode_document", "encode_document", "records_since"]
+__all__ = [
+    "DOCUMENTS",
+    "ENGINE",
+    "STORES",
+    "SUMS",
+    "ChangelogError",
+    "ChangelogWriter",
+    "Record",
+    "engine_from_records",
+]
+
+DOCUMENTS, SUMS, ENGINE = "documents", "sums", "engine"
+STORES = (DOCUMENTS, SUMS, ENGINE)
 
 _FORMAT = 1
-_HAS_SUM = 1
-_HAS_PUBLISHED = 2
+_HAS_PUBLISHED = 1
+_SCALARS = b"scalars"
 
 
 class ChangelogError(ValueError):
-    """A changelog record that is not one this code writes."""
+    """A changelog record that is not one this code writes, or records that do not fit."""
 
 
-def encode_document(state: DocumentState) -> bytes:
-    flags = (_HAS_SUM if state.sum is not None else 0) | (
-        _HAS_PUBLISHED if state.published is not None else 0
-    )
-    parts = [bytes((_FORMAT, flags)), np.asarray(state.original, dtype="<f4").tobytes()]
-    if state.sum is not None:
-        parts.append(np.asarray(state.sum, dtype="<f8").tobytes())
-        parts.append(np.array([state.clicks], dtype="<i8").tobytes())
-        parts.append(np.array(state.stamp, dtype="<f8").tobytes())
+class Record(NamedTuple):
+    """One changelog record: its store, key, and value (None: a tombstone)."""
+
+    store: str
+    key: bytes
+    value: bytes | None
+
+
+# --- values -------------------------------------------------------------------------------------
+
+
+def _check(value: bytes, size: int | None, what: str) -> None:
+    if len(value) < 1 or value[0] != _FORMAT:
+        head = value[:1].hex() or "nothing"
+        raise ChangelogError(f"{what}: format byte {head}, expected {_FORMAT:02x}")
+    if size is not None and len(value) != size:
+        raise ChangelogError(f"{what}: {len(value)} bytes, expected {size}")
+
+
+def encode_original(row: int, original: np.ndarray) -> bytes:
+    """A ``documents`` value: format, row (int64), the unit original (float32 x dim)."""
+    head = bytes((_FORMAT,)) + np.array([row], dtype="<i8").tobytes()
+    return head + np.asarray(original, dtype="<f4").tobytes()
+
+
+def decode_original(value: bytes, dim: int) -> tuple[int, np.ndarray]:
+    _check(value, 9 + 4 * dim, f"a documents record for dimension {dim}")
+    row = int(np.frombuffer(value, dtype="<i8", count=1, offset=1)[0])
+    return row, np.frombuffer(value, dtype="<f4", count=dim, offset=9).astype(np.float32)
+
+
+def encode_sum(state) -> bytes:
+    """A ``sums`` value from a :class:`~stream_nudge.engine.state.DocumentState` with a sum:
+    format, flags (1: a published vector ends it), the sum (float64 x dim), the clicks (int64),
+    the sum's time (2 x float64), then the published vector (float32 x dim)."""
+    flags = _HAS_PUBLISHED if state.published is not None else 0
+    parts = [
+        bytes((_FORMAT, flags)),
+        np.asarray(state.sum, dtype="<f8").tobytes(),
+        np.array([state.clicks], dtype="<i8").tobytes(),
+        np.array(state.stamp, dtype="<f8").tobytes(),
+    ]
     if state.published is not None:
         parts.append(np.asarray(state.published, dtype="<f4").tobytes())
     return b"".join(parts)
 
 
-def decode_document(value: bytes, dim: int) -> DocumentState:
-    """The state a record holds; ChangelogError says what does not fit."""
-    if len(value) < 2 or value[0] != _FORMAT:
-        head = value[:1].hex() or "nothing"
-        raise ChangelogError(f"format byte {head}, expected {_FORMAT:02x}")
-    flags = value[1]
-    expected = 2 + 4 * dim
-    if flags & _HAS_SUM:
-        expected += 8 * dim + 8 + 16
-    if flags & _HAS_PUBLISHED:
-        expected += 4 * dim
-    if flags & ~(_HAS_SUM | _HAS_PUBLISHED) or len(value) != expected:
+def decode_sum(value: bytes, dim: int):
+    """``(sum, clicks, stamp, published or None)`` of a ``sums`` value."""
+    _check(value, None, "a sums record")
+    flags = value[1] if len(value) > 1 else 0
+    size = 2 + 8 * dim + 8 + 16 + (4 * dim if flags & _HAS_PUBLISHED else 0)
+    if flags & ~_HAS_PUBLISHED or len(value) != size:
         raise ChangelogError(
-            f"{len(value)} bytes with flags {flags}, expected {expected} for dimension {dim}"
+            f"a sums record: {len(value)} bytes with flags {flags}, expected {size} for "
+            f"dimension {dim}"
         )
-    at = 2
-    original = np.frombuffer(value, dtype="<f4", count=dim, offset=at).astype(np.float32)
-    at += 4 * dim
-    total, clicks, stamp = None, 0, (float("nan"), float("nan"))
-    if flags & _HAS_SUM:
-        total = np.frombuffer(value, dtype="<f8", count=dim, offset=at).astype(np.float64)
-        at += 8 * dim
-        clicks = int(np.frombuffer(value, dtype="<i8", count=1, offset=at)[0])
-        at += 8
-        pair = np.frombuffer(value, dtype="<f8", count=2, offset=at)
-        stamp = (float(pair[0]), float(pair[1]))
-        at += 16
+    total = np.frombuffer(value, dtype="<f8", count=dim, offset=2).astype(np.float64)
+    at = 2 + 8 * dim
+    clicks = int(np.frombuffer(value, dtype="<i8", count=1, offset=at)[0])
+    stamp = np.frombuffer(value, dtype="<f8", count=2, offset=at + 8).astype(np.float64)
     published = None
     if flags & _HAS_PUBLISHED:
-        published = np.frombuffer(value, dtype="<f4", count=dim, offset=at).astype(np.float32)
-    return DocumentState(original, total, clicks, stamp, published)
+        published = np.frombuffer(value, dtype="<f4", count=dim, offset=at + 24).astype(np.float32)
+    return total, clicks, stamp, published
 
 
-def records_since(table: DocumentTable, mark: int) -> list[tuple[bytes, bytes | None]]:
-    """The records for what changed since ``mark``: a tombstone for every id deleted and not back,
-    then the current state of every changed live document. LookupError (from the change log) if
-    the deletions since ``mark`` are no longer known: pin the mark."""
-    records: list[tuple[bytes, bytes | None]] = [
-        (doc_id.encode(), None)
-        for doc_id in dict.fromkeys(table.changes.deleted_since(mark))
-        if doc_id not in table.row_of
-    ]
-    for row in table.changes.since(mark).tolist():
-        if table.alive[row]:
-            records.append((table.ids[row].encode(), encode_document(table.document(row))))
-    return records
+def _pack(head, *arrays: np.ndarray) -> bytes:
+    """Format, JSON head length (uint32), JSON head, then the arrays' bytes."""
+    text = orjson.dumps(head)
+    return b"".join(
+        [bytes((_FORMAT,)), np.array([len(text)], dtype="<u4").tobytes(), text]
+        + [np.ascontiguousarray(a).tobytes() for a in arrays]
+    )
 
 
-def apply_records(table: DocumentTable, records) -> None:
-    """Apply ``(key, value)`` records in order (a tombstone deletes)."""
-    for key, value in records:
-        doc_id = key.decode("utf-8")
+def _unpack(value: bytes, what: str):
+    """``(head, the bytes after it)`` of a :func:`_pack` value."""
+    _check(value, None, what)
+    if len(value) < 5:
+        raise ChangelogError(f"{what}: {len(value)} bytes, too short")
+    size = int(np.frombuffer(value, dtype="<u4", count=1, offset=1)[0])
+    try:
+        head = orjson.loads(value[5 : 5 + size])
+    except orjson.JSONDecodeError as exc:
+        raise ChangelogError(f"{what}: its JSON head does not parse ({exc})") from None
+    return head, memoryview(value)[5 + size :]
+
+
+def _floats(data, count: int, dtype: str, what: str) -> np.ndarray:
+    size = count * np.dtype(dtype).itemsize
+    if len(data) != size:
+        raise ChangelogError(f"{what}: {len(data)} bytes of arrays, expected {size}")
+    return np.frombuffer(data, dtype=dtype).copy()
+
+
+# --- the writer ---------------------------------------------------------------------------------
+
+
+class ChangelogWriter:
+    """The records of what changed in ``engine`` since the last :meth:`records` (the first call:
+    since the engine was in the state the changelog already holds, which for a new writer is
+    the engine's state now; pass ``fresh=True`` for an engine the changelog holds nothing of)."""
+
+    def __init__(self, engine: Engine, fresh: bool = False):
+        self.engine = engine
+        self._docs: DocumentTable | None = None
+        self._marks = (0, 0, 0)
+        self._window = None  # a copy of the window as written: arrays, query ids, answers
+        self._queries: dict[str, tuple[int, tuple]] = {}  # id -> (generation, entry) written
+        self._generation = 0
+        self._pending: set[int] = set()  # arrival numbers written
+        self._scalars = b""
+        if not fresh:
+            self.records()  # the engine's state is what the changelog holds: start from it
+
+    def records(self) -> list[Record]:
+        """The records of the changes since the last call (between batches)."""
+        e = self.engine
+        out: list[Record] = []
+        if e.docs is not None:
+            self._documents(e.docs, out)
+            self._window_slots(e.window, out)
+        self._query_memory(out)
+        self._waiting_clicks(out)
+        scalars = json.dumps(self._scalar_state(), sort_keys=True).encode()
+        if scalars != self._scalars:
+            out.append(Record(ENGINE, _SCALARS, bytes((_FORMAT,)) + scalars))
+            self._scalars = scalars
+        return out
+
+    def _scalar_state(self) -> dict:
+        e = self.engine
+        meta = e.scalars()
+        meta["query_generation"] = e.ingest.queries.generation
+        meta["pending_seq"] = e.ingest.pending.last_seq
+        if e.docs is not None:
+            meta["docs"] = {
+                "dim": e.docs.dim,
+                "rows": e.docs.n_rows,
+                "free_rows": list(e.docs.free_rows),
+                "window": e.window.capacity,
+                "window_width": e.window.width,
+                "window_order": list(e.window.order),
+            }
+        return meta
+
+    def _documents(self, docs: DocumentTable, out: list[Record]) -> None:
+        if docs is not self._docs:
+            self._docs, self._marks = docs, (0, 0, 0)
+        changes, originals, published = docs.changes, docs.originals_log, docs.published_log
+        changed_mark, originals_mark, published_mark = self._marks
+        try:
+            deleted = changes.deleted_since(changed_mark)
+        except LookupError:
+            if changed_mark:
+                raise
+            deleted = []  # a table new since the last call: nothing of it was written
+        for doc_id in dict.fromkeys(deleted):
+            key = doc_id.encode()
+            out.append(Record(DOCUMENTS, key, None))
+            out.append(Record(SUMS, key, None))
+        for row in originals.since(originals_mark).tolist():
+            if docs.alive[row]:
+                out.append(
+                    Record(
+                        DOCUMENTS, docs.ids[row].encode(), encode_original(row, docs.originals[row])
+                    )
+                )
+        rows = np.union1d(changes.since(changed_mark), published.since(published_mark))
+        rows = rows[docs.alive[rows] & (docs.slot_of[rows] >= 0)]
+        for row in rows.tolist():
+            out.append(Record(SUMS, docs.ids[row].encode(), encode_sum(docs.document(row))))
+        self._marks = (changes.mark, originals.mark, published.mark)
+        changes.pin(changes.mark)
+
+    def _window_slots(self, window, out: list[Record]) -> None:
+        arrays, meta = window.to_state()
+        # Bit patterns, so that NaN equals NaN and -0.0 differs from 0.0.
+        now = {name: a.view(f"<u{a.itemsize}") for name, a in arrays.items()}
+        shadow = self._window
+        if shadow is None:
+            capacity = len(meta["query_ids"])
+            shadow = self._window = (
+                {name: np.zeros_like(a) for name, a in now.items()},
+                [None] * capacity,
+                [{} for _ in range(capacity)],
+            )
+        kept, ids, answers = shadow
+        differs = np.zeros(len(ids), dtype=bool)
+        for name, a in now.items():
+            differs |= (a != kept[name]).reshape(len(ids), -1).any(axis=1)
+        for slot, (query_id, named) in enumerate(
+            zip(meta["query_ids"], meta["answers"], strict=True)
+        ):
+            if differs[slot] or query_id != ids[slot] or named != answers[slot]:
+                key = f"w:{slot}".encode()
+                if query_id is None:
+                    value = None
+                else:
+                    value = _pack(
+                        [query_id, named],
+                        *(arrays[name][slot] for name in _WINDOW_ARRAYS),
+                    )
+                out.append(Record(ENGINE, key, value))
+                for name in now:
+                    kept[name][slot] = now[name][slot]
+                ids[slot], answers[slot] = query_id, dict(named)
+
+    def _query_memory(self, out: list[Record]) -> None:
+        memory = self.engine.ingest.queries
+        g, written = memory.generation, self._queries
+        rolled = g != self._generation
+        current = memory.current
+        parts = [(current, g)] + ([(memory.previous, g - 1)] if rolled else [])
+        for entries, tag in parts:
+            for query_id, entry in entries.items():
+                if tag != g and query_id in current:
+                    continue  # the current generation's entry is the one looked up
+                last = written.get(query_id)
+                if last is None or last[1] is not entry or last[0] != tag:
+                    written[query_id] = (tag, entry)
+                    split, named = entry
+                    value = bytes((_FORMAT,)) + orjson.dumps([tag, split, list(named)])
+                    out.append(Record(ENGINE, b"q:" + query_id.encode(), value))
+        if rolled:  # a generation (or more) was dropped since the last call
+            for query_id in [q for q in written if q not in current and q not in memory.previous]:
+                del written[query_id]
+                out.append(Record(ENGINE, b"q:" + query_id.encode(), None))
+        self._generation = g
+
+    def _waiting_clicks(self, out: list[Record]) -> None:
+        waiting = self.engine.ingest.pending.waiting()
+        for seq in sorted(self._pending - waiting.keys()):
+            out.append(Record(ENGINE, f"p:{seq}".encode(), None))
+        for seq in sorted(waiting.keys() - self._pending):
+            doc_id, w = waiting[seq]
+            head = [doc_id, w.query_id]
+            numbers = np.array([w.weight, *w.when, *w.born], dtype="<f8")
+            out.append(
+                Record(ENGINE, f"p:{seq}".encode(), _pack(head, numbers, w.vector.astype("<f4")))
+            )
+        self._pending = set(waiting)
+
+
+# The window's per-slot arrays, in the order a window record holds them.
+_WINDOW_ARRAYS = (
+    "window_raw",
+    "window_cache_rows",
+    "window_cache_scores",
+    "window_floor",
+    "window_born",
+)
+
+
+# --- restoring ----------------------------------------------------------------------------------
+
+
+def compact(records: Iterable[Record]) -> dict[str, dict[bytes, bytes]]:
+    """The latest value of each key, by store (tombstones remove the key)."""
+    out: dict[str, dict[bytes, bytes]] = {store: {} for store in STORES}
+    for store, key, value in records:
+        if store not in out:
+            raise ChangelogError(f"unknown store {store!r}")
         if value is None:
-            table.delete(doc_id)
+            out[store].pop(key, None)
         else:
-            table.set_document(doc_id, decode_document(value, table.dim))
+            out[store][key] = value
+    return out
+
+
+def engine_from_records(params, records: Iterable[Record]) -> Engine:
+    """The engine the changelog ``records`` (in order, compacted or not) describe; a new engine
+    when they hold nothing."""
+    stores = compact(records)
+    engine_store = stores[ENGINE]
+    if _SCALARS not in engine_store:
+        if any(stores.values()):
+            raise ChangelogError("records without the engine's scalars record")
+        return Engine(params)
+    value = engine_store[_SCALARS]
+    _check(value, None, "the scalars record")
+    meta = json.loads(value[1:])
+    arrays: dict[str, np.ndarray] = {}
+    _restore_queries(engine_store, meta)
+    _restore_pending(engine_store, meta, arrays)
+    shape = meta.pop("docs", None)
+    if shape is not None:
+        _restore_documents(stores, shape, arrays, meta)
+        _restore_window(engine_store, shape, arrays, meta)
+    engine = Engine.from_state(params, arrays, meta)
+    return engine
+
+
+def _restore_queries(store: dict[bytes, bytes], meta: dict) -> None:
+    g = int(meta["query_generation"])
+    previous, current = [], []
+    for key, value in store.items():
+        if not key.startswith(b"q:"):
+            continue
+        _check(value, None, f"query memory record {key!r}")
+        try:
+            tag, split, named = orjson.loads(value[1:])
+        except (orjson.JSONDecodeError, ValueError) as exc:
+            raise ChangelogError(f"query memory record {key!r} does not decode: {exc}") from None
+        entry = [key[2:].decode(), split, named]
+        if tag == g:
+            current.append(entry)
+        elif tag == g - 1:
+            previous.append(entry)
+    meta["queries"] = [previous, current]
+
+
+def _restore_pending(store: dict[bytes, bytes], meta: dict, arrays: dict) -> None:
+    items = []
+    for key, value in store.items():
+        if not key.startswith(b"p:"):
+            continue
+        what = f"waiting click record {key!r}"
+        head, data = _unpack(value, what)
+        numbers = np.frombuffer(data[:40], dtype="<f8") if len(data) >= 40 else None
+        if numbers is None or (len(data) - 40) % 4:
+            raise ChangelogError(f"{what}: {len(data)} bytes of arrays")
+        items.append((int(key[2:]), head, numbers, np.frombuffer(data[40:], dtype="<f4")))
+    items.sort(key=lambda item: item[0])
+    meta["pending_ids"] = [head[0] for _, head, _, _ in items]
+    meta["pending_queries"] = [head[1] for _, head, _, _ in items]
+    arrays["pending_seqs"] = np.array([seq for seq, _, _, _ in items], dtype=np.int64)
+    arrays["pending_weights"] = np.array([n[0] for _, _, n, _ in items], dtype=np.float64)
+    arrays["pending_times"] = np.array([n[1:3] for _, _, n, _ in items]).reshape(-1, 2)
+    arrays["pending_born"] = np.array([n[3:5] for _, _, n, _ in items]).reshape(-1, 2)
+    if items:
+        arrays["pending_vectors"] = np.stack([v for _, _, _, v in items]).astype(np.float32)
+
+
+def _restore_documents(stores, shape: dict, arrays: dict, meta: dict) -> None:
+    dim, n = int(shape["dim"]), int(shape["rows"])
+    originals = np.zeros((n, dim), dtype=np.float32)
+    alive = np.zeros(n, dtype=bool)
+    ids: list[str | None] = [None] * n
+    for key, value in stores[DOCUMENTS].items():
+        row, original = decode_original(value, dim)
+        if not 0 <= row < n or alive[row]:
+            raise ChangelogError(
+                f"document {key.decode(errors='replace')!r} at row {row}: outside the table's "
+                f"{n} rows or on a row taken by {ids[row] if 0 <= row < n else None!r}"
+            )
+        originals[row], alive[row], ids[row] = original, True, key.decode()
+    row_of = {doc_id: row for row, doc_id in enumerate(ids) if doc_id is not None}
+    slot_rows, sums, clicks, stamps, published, has_published = [], [], [], [], [], []
+    for key, value in stores[SUMS].items():
+        row = row_of.get(key.decode())
+        if row is None:
+            raise ChangelogError(
+                f"a sums record for {key.decode(errors='replace')!r}, which no documents record holds"
+            )
+        total, count, stamp, vector = decode_sum(value, dim)
+        slot_rows.append(row)
+        sums.append(total)
+        clicks.append(count)
+        stamps.append(stamp)
+        has_published.append(vector is not None)
+        published.append(vector if vector is not None else np.zeros(dim, dtype=np.float32))
+    order = np.argsort(np.array(slot_rows, dtype=np.int64), kind="stable")
+    slot_of = np.full(n, -1, dtype=np.int64)
+    row_of_slot = np.array(slot_rows, dtype=np.int64)[order]
+    slot_of[row_of_slot] = np.arange(len(order))
+    arrays.update(
+        {
+            "originals": originals,
+            "alive": alive,
+            "slot_of": slot_of,
+            "free_rows": np.array(shape["free_rows"], dtype=np.int64),
+            "sums": np.array(sums, dtype=np.float64).reshape(-1, dim)[order],
+            "clicks": np.array(clicks, dtype=np.int64)[order],
+            "stamps": np.array(stamps, dtype=np.float64).reshape(-1, 2)[order],
+            "published": np.array(published, dtype=np.float32).reshape(-1, dim)[order],
+            "has_published": np.array(has_published, dtype=bool)[order],
+            "row_of_slot": row_of_slot,
+            "free_slots": np.zeros(0, dtype=np.int64),
+        }
+    )
+    meta["ids"] = ids
+
+
+def _restore_window(store: dict[bytes, bytes], shape: dict, arrays: dict, meta: dict) -> None:
+    dim, capacity, width = int(shape["dim"]), int(shape["window"]), int(shape["window_width"])
+    out = {
+        "window_raw": np.zeros((capacity, dim), dtype=np.float32),
+        "window_cache_rows": np.full((capacity, width), -1, dtype=np.int64),
+        "window_cache_scores": np.full((capacity, width), -np.inf, dtype=np.float32),
+        "window_floor": np.full(capacity, np.inf),
+        "window_born": np.full((capacity, 2), np.nan),
+    }
+    query_ids: list[str | None] = [None] * capacity
+    answers: list[dict] = [{} for _ in range(capacity)]
+    for key, value in store.items():
+        if not key.startswith(b"w:"):
+            continue
+        what = f"window record {key.decode(errors='replace')}"
+        slot = int(key[2:])
+        if not 0 <= slot < capacity:
+            raise ChangelogError(f"{what}: the window holds {capacity} queries")
+        (query_id, named), data = _unpack(value, what)
+        at = 0
+        for name in _WINDOW_ARRAYS:
+            row = out[name][slot]
+            if len(data) < at + row.nbytes:
+                raise ChangelogError(f"{what}: {len(data)} bytes of arrays, too few")
+            part = np.frombuffer(data[at : at + row.nbytes], dtype=row.dtype)
+            out[name][slot] = part.reshape(np.shape(row))
+            at += row.nbytes
+        if at != len(data):
+            raise ChangelogError(f"{what}: {len(data)} bytes of arrays, expected {at}")
+        query_ids[slot], answers[slot] = query_id, named
+    arrays.update(out)
+    meta["window"] = {"query_ids": query_ids, "answers": answers, "order": shape["window_order"]}

@@ -202,17 +202,7 @@ class Engine:
         if self.docs is not None:
             self.ingest.flush(self.docs)
         arrays, meta = self.ingest.to_state()
-        meta.update(
-            {
-                "gamma": self.gamma,
-                "generation": self.generation,
-                "dead_letters": dict(self.dead_letters),
-                "counts": dict(self.counts),
-                "dimension": self.decoder.dimension,
-                **self.publisher.to_state(self.docs),
-                **self.selector.to_state(self.docs),
-            }
-        )
+        meta.update(self.scalars())
         if self.docs is not None:
             doc_arrays, doc_meta = self.docs.to_state()
             arrays.update(doc_arrays)
@@ -220,6 +210,20 @@ class Engine:
             window_arrays, meta["window"] = self.window.to_state()
             arrays.update(window_arrays)
         return arrays, meta
+
+    def scalars(self) -> dict:
+        """The small part of :meth:`to_state`'s metadata: all but the documents, the window's
+        queries, the query memory and the waiting clicks (which a changelog keys one by one)."""
+        return {
+            "gamma": self.gamma,
+            "generation": self.generation,
+            "dead_letters": dict(self.dead_letters),
+            "counts": dict(self.counts),
+            "dimension": self.decoder.dimension,
+            **self.ingest.time.to_state(),
+            **self.publisher.to_state(self.docs),
+            **self.selector.to_state(self.docs),
+        }
 
     @classmethod
     def from_state(

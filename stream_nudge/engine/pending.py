@@ -140,6 +140,7 @@ class PendingClicks:
             key=lambda item: item[1].seq,
         )
         arrays = {
+            "pending_seqs": np.array([w.seq for _, w in items], dtype=np.int64),
             "pending_weights": np.array([w.weight for _, w in items], dtype=np.float64),
             "pending_times": np.array([w.when for _, w in items], dtype=np.float64).reshape(-1, 2),
             "pending_born": np.array([w.born for _, w in items], dtype=np.float64).reshape(-1, 2),
@@ -149,6 +150,7 @@ class PendingClicks:
         meta = {
             "pending_ids": [doc_id for doc_id, _ in items],
             "pending_queries": [w.query_id for _, w in items],
+            "pending_seq": self._seq,
         }
         return arrays, meta
 
@@ -169,14 +171,27 @@ class PendingClicks:
         queries = meta.get("pending_queries", [""] * len(ids))
         vectors, weights = arrays.get("pending_vectors"), arrays.get("pending_weights")
         times, born = arrays.get("pending_times"), arrays.get("pending_born")
+        # Arrival numbers are kept (a changelog keys the clicks by them); checkpoints from before
+        # they were get them anew, in order.
+        seqs = arrays.get("pending_seqs")
+        if seqs is None:
+            seqs = np.arange(1, len(ids) + 1)
         for i, doc_id in enumerate(ids):
             when = (float(times[i, 0]), float(times[i, 1])) if times is not None else now
             arrived = (float(born[i, 0]), float(born[i, 1])) if born is not None else now
-            store._seq += 1
-            entry = Waiting(
-                queries[i], vectors[i].copy(), float(weights[i]), when, arrived, store._seq
-            )
+            seq = int(seqs[i])
+            entry = Waiting(queries[i], vectors[i].copy(), float(weights[i]), when, arrived, seq)
             store.by_doc.setdefault(doc_id, []).append(entry)
-            store._order.append((doc_id, store._seq))
+            store._order.append((doc_id, seq))
             store._count += 1
+        store._seq = int(meta.get("pending_seq", len(ids)))
         return store
+
+    @property
+    def last_seq(self) -> int:
+        """The arrival number of the latest click ever added."""
+        return self._seq
+
+    def waiting(self) -> dict[int, tuple[str, Waiting]]:
+        """Every waiting click by arrival number, with its document id."""
+        return {w.seq: (doc_id, w) for doc_id, waiting in self.by_doc.items() for w in waiting}

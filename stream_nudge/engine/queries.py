@@ -25,7 +25,7 @@ __all__ = ["QueryMemory"]
 class QueryMemory:
     """Recent query ids -> (split, the document ids they named). See the module docstring."""
 
-    __slots__ = ("capacity", "current", "previous")
+    __slots__ = ("capacity", "current", "generation", "previous")
 
     def __init__(self, capacity: int):
         if capacity < 2:
@@ -33,6 +33,7 @@ class QueryMemory:
         self.capacity = capacity
         self.current: dict[str, tuple[str, tuple[str, ...]]] = {}
         self.previous: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self.generation = 0  # how many times the current generation became the previous one
 
     def __len__(self) -> int:
         return len(self.current) + len(self.previous)
@@ -47,6 +48,7 @@ class QueryMemory:
         if len(self.current) >= self.capacity // 2:
             self.previous = self.current
             self.current = {}
+            self.generation += 1
 
     def to_state(self) -> dict:
         """JSON-able: both generations, oldest first."""
@@ -54,7 +56,8 @@ class QueryMemory:
             "queries": [
                 [[q, split, list(docs)] for q, (split, docs) in generation.items()]
                 for generation in (self.previous, self.current)
-            ]
+            ],
+            "query_generation": self.generation,
         }
 
     @classmethod
@@ -63,4 +66,5 @@ class QueryMemory:
         previous, current = meta.get("queries", ([], []))
         memory.previous = {q: (split, tuple(docs)) for q, split, docs in previous}
         memory.current = {q: (split, tuple(docs)) for q, split, docs in current}
+        memory.generation = int(meta.get("query_generation", 0))
         return memory

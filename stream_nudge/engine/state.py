@@ -51,6 +51,10 @@ class DocumentTable:
     changes : ChangeLog
         Every change of a row (original set, clicks added, deleted), for whoever keeps something
         derived from documents: the publisher, the selector and its caches.
+    originals_log, published_log : ChangeLog
+        The rows whose original was set, and those something was published for: a changelog
+        writes an original only when it is new, and a publication changes no derived value (it
+        does not touch :attr:`changes`, whose versions the selection cache compares).
     """
 
     def __init__(
@@ -67,6 +71,8 @@ class DocumentTable:
         self.n_rows = 0
         self.slots = SumSlots(dim, slot_capacity, decay)
         self.changes = ChangeLog(capacity)
+        self.originals_log = ChangeLog(capacity)
+        self.published_log = ChangeLog(capacity)
 
     # --- state ----------------------------------------------------------------------------------
 
@@ -118,6 +124,7 @@ class DocumentTable:
             self.originals[row] = unit
             self.slots.geometry.forget(self.slot_of[[row]])
             self.changes.touch(row)
+            self.originals_log.touch(row)
             return row, False
         if self.free_rows:
             row = self.free_rows.pop()
@@ -131,6 +138,7 @@ class DocumentTable:
         self.ids[row] = doc_id
         self.row_of[doc_id] = row
         self.changes.touch(row)
+        self.originals_log.touch(row)
         return row, True
 
     def delete(self, doc_id: str) -> int | None:
@@ -157,7 +165,8 @@ class DocumentTable:
         self.alive = grown(self.alive, capacity, False)
         self.slot_of = grown(self.slot_of, capacity, -1)
         self.ids.extend([None] * (capacity - len(self.ids)))
-        self.changes.grow(capacity)
+        for log in (self.changes, self.originals_log, self.published_log):
+            log.grow(capacity)
 
     # --- one document's whole state (a changelog record's content) ------------------------------
 
@@ -254,6 +263,7 @@ class DocumentTable:
         kept = slots >= 0
         self.slots.published[slots[kept]] = vectors[kept]
         self.slots.has_published[slots[kept]] = True
+        self.published_log.touch(rows[kept])
 
     def geometry(self, rows: np.ndarray, planes: bool, vectors: bool = True):
         """What selecting gamma needs of nudged ``rows``, from the cache where still valid
