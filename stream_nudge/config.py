@@ -142,6 +142,9 @@ class TopicsConfig:
     #: Created compacted (if absent) with the partitions and replication below.
     updates: str = "updates"
     dead_letters: str = "dead-letters"
+    #: The state's changelog topics are this name followed by -documents, -sums and -engine
+    #: (created compacted if absent); empty: the group id followed by -changelog.
+    changelog: str = ""
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,23 @@ _SCALARS = b"scalars"
 
 
 class ChangelogError(ValueError):
-    """A changelog record that is not one this code writes, or records that do not fit."""
+    """A changelog record that is not one this code writes, or records that do not fit;
+    ``store`` and ``key`` name the record when one is to blame."""
+
+    def __init__(self, message: str, store: str | None = None, key: bytes | None = None):
+        super().__init__(message)
+        self.store, self.key = store, key
+
+
+def _blame(store: str, key: bytes, decode, *args):
+    """``decode(*args)``, its ChangelogError naming the record."""
+    try:
+        return decode(*args)
+    except ChangelogError as exc:
+        if exc.key is not None:
+            raise
+        name = key.decode(errors="replace")
+        raise ChangelogError(f"{store} record {name!r}: {exc}", store, key) from None
 
 
 class Record(NamedTuple):
@@ -343,7 +359,7 @@ def engine_from_records(params, records: Iterable[Record]) -> Engine:
             raise ChangelogError("records without the engine's scalars record")
         return Engine(params)
     value = engine_store[_SCALARS]
-    _check(value, None, "the scalars record")
+    _blame(ENGINE, _SCALARS, _check, value, None, "the scalars record")
     meta = json.loads(value[1:])
     arrays: dict[str, np.ndarray] = {}
     _restore_queries(engine_store, meta)
@@ -362,11 +378,13 @@ def _restore_queries(store: dict[bytes, bytes], meta: dict) -> None:
     for key, value in store.items():
         if not key.startswith(b"q:"):
             continue
-        _check(value, None, f"query memory record {key!r}")
+        _blame(ENGINE, key, _check, value, None, "a query memory record")
         try:
             tag, split, named = orjson.loads(value[1:])
         except (orjson.JSONDecodeError, ValueError) as exc:
-            raise ChangelogError(f"query memory record {key!r} does not decode: {exc}") from None
+            raise ChangelogError(
+                f"query memory record {key!r} does not decode: {exc}", ENGINE, key
+            ) from None
         entry = [key[2:].decode(), split, named]
         if tag == g:
             current.append(entry)
@@ -381,10 +399,10 @@ def _restore_pending(store: dict[bytes, bytes], meta: dict, arrays: dict) -> Non
         if not key.startswith(b"p:"):
             continue
         what = f"waiting click record {key!r}"
-        head, data = _unpack(value, what)
+        head, data = _blame(ENGINE, key, _unpack, value, what)
         numbers = np.frombuffer(data[:40], dtype="<f8") if len(data) >= 40 else None
         if numbers is None or (len(data) - 40) % 4:
-            raise ChangelogError(f"{what}: {len(data)} bytes of arrays")
+            raise ChangelogError(f"{what}: {len(data)} bytes of arrays", ENGINE, key)
         items.append((int(key[2:]), head, numbers, np.frombuffer(data[40:], dtype="<f4")))
     items.sort(key=lambda item: item[0])
     meta["pending_ids"] = [head[0] for _, head, _, _ in items]
@@ -403,11 +421,13 @@ def _restore_documents(stores, shape: dict, arrays: dict, meta: dict) -> None:
     alive = np.zeros(n, dtype=bool)
     ids: list[str | None] = [None] * n
     for key, value in stores[DOCUMENTS].items():
-        row, original = decode_original(value, dim)
+        row, original = _blame(DOCUMENTS, key, decode_original, value, dim)
         if not 0 <= row < n or alive[row]:
             raise ChangelogError(
                 f"document {key.decode(errors='replace')!r} at row {row}: outside the table's "
-                f"{n} rows or on a row taken by {ids[row] if 0 <= row < n else None!r}"
+                f"{n} rows or on a row taken by {ids[row] if 0 <= row < n else None!r}",
+                DOCUMENTS,
+                key,
             )
         originals[row], alive[row], ids[row] = original, True, key.decode()
     row_of = {doc_id: row for row, doc_id in enumerate(ids) if doc_id is not None}
@@ -416,9 +436,12 @@ def _restore_documents(stores, shape: dict, arrays: dict, meta: dict) -> None:
         row = row_of.get(key.decode())
         if row is None:
             raise ChangelogError(
-                f"a sums record for {key.decode(errors='replace')!r}, which no documents record holds"
+                f"a sums record for {key.decode(errors='replace')!r}, which no documents record "
+                "holds",
+                SUMS,
+                key,
             )
-        total, count, stamp, vector = decode_sum(value, dim)
+        total, count, stamp, vector = _blame(SUMS, key, decode_sum, value, dim)
         slot_rows.append(row)
         sums.append(total)
         clicks.append(count)
@@ -464,18 +487,18 @@ def _restore_window(store: dict[bytes, bytes], shape: dict, arrays: dict, meta: 
         what = f"window record {key.decode(errors='replace')}"
         slot = int(key[2:])
         if not 0 <= slot < capacity:
-            raise ChangelogError(f"{what}: the window holds {capacity} queries")
-        (query_id, named), data = _unpack(value, what)
+            raise ChangelogError(f"{what}: the window holds {capacity} queries", ENGINE, key)
+        (query_id, named), data = _blame(ENGINE, key, _unpack, value, what)
         at = 0
         for name in _WINDOW_ARRAYS:
             row = out[name][slot]
             if len(data) < at + row.nbytes:
-                raise ChangelogError(f"{what}: {len(data)} bytes of arrays, too few")
+                raise ChangelogError(f"{what}: {len(data)} bytes of arrays, too few", ENGINE, key)
             part = np.frombuffer(data[at : at + row.nbytes], dtype=row.dtype)
             out[name][slot] = part.reshape(np.shape(row))
             at += row.nbytes
         if at != len(data):
-            raise ChangelogError(f"{what}: {len(data)} bytes of arrays, expected {at}")
+            raise ChangelogError(f"{what}: {len(data)} bytes of arrays, expected {at}", ENGINE, key)
         query_ids[slot], answers[slot] = query_id, named
     arrays.update(out)
     meta["window"] = {"query_ids": query_ids, "answers": answers, "order": shape["window_order"]}

@@ -83,6 +83,10 @@ class Consumer(Protocol):
     def committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int | None]:
         """The group's committed offsets (None where it has none)."""
 
+    def position(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The offset the next record read from each partition will have at least (past
+        transaction markers and aborted records already skipped)."""
+
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit offsets to the group, synchronously (outside transactions)."""
 

@@ -191,6 +191,14 @@ class KafkaConsumer:
             raise _error(exc) from exc
         return {_ours(tp): (tp.offset if tp.offset >= 0 else None) for tp in got}
 
+    def position(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        try:
+            got = self._consumer.position([ck.TopicPartition(t, p) for t, p in partitions])
+        except ck.KafkaException as exc:
+            raise _error(exc) from exc
+        # A partition nothing was read from yet has no position (a negative logical offset).
+        return {_ours(tp): max(tp.offset, 0) for tp in got}
+
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         if not offsets:
             return

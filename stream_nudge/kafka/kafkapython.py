@@ -160,6 +160,12 @@ class KafkaConsumer:
         except errors.KafkaError as exc:
             raise _error(exc) from exc
 
+    def position(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        try:
+            return {tp: self._consumer.position(_theirs(tp)) for tp in partitions}
+        except errors.KafkaError as exc:
+            raise _error(exc) from exc
+
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         if not offsets:
             return
