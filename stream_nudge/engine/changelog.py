@@ -11,8 +11,9 @@ a topic of its own in the runtime (as Kafka Streams keeps one changelog topic pe
   vector last published for it. Written when clicks reach the sum or something is published.
 - ``engine``: everything else, which has no document id: ``w:<slot>`` one record per validation
   window slot (its query, answers and score cache), ``q:<query id>`` the query memory, one per
-  query id, ``p:<arrival number>`` one per click waiting for its document, and ``scalars`` the
-  small rest (gamma, the generation counter, counts, stream time, ...).
+  query id, ``p:<arrival number>`` one per click waiting for its document, ``c:<row>`` one per
+  document changed since the selector last brought the window's caches up to date, and
+  ``scalars`` the small rest (gamma, the generation counter, counts, stream time, ...).
 
 Keys by document id put a document's records in the partition its input records go to (the same
 partitioner), which is what a member that owns some partitions restores from.
@@ -191,6 +192,8 @@ class ChangelogWriter:
         self._generation = 0
         self._pending: set[int] = set()  # arrival numbers written
         self._scalars = b""
+        self._selector_mark = -1
+        self._backlog: set[int] = set()  # rows with a c: record
         if not fresh:
             self.records()  # the engine's state is what the changelog holds: start from it
 
@@ -199,6 +202,7 @@ class ChangelogWriter:
         e = self.engine
         out: list[Record] = []
         if e.docs is not None:
+            self._selector_backlog(e.docs, out)
             self._documents(e.docs, out)
             self._window_slots(e.window, out)
         self._query_memory(out)
@@ -211,7 +215,9 @@ class ChangelogWriter:
 
     def _scalar_state(self) -> dict:
         e = self.engine
-        meta = e.scalars()
+        # Without the selector's backlog, which grows with the changes between two selections
+        # (the scalars are written at every commit): it has records of its own.
+        meta = e.scalars(backlog=False)
         meta["query_generation"] = e.ingest.queries.generation
         meta["pending_seq"] = e.ingest.pending.last_seq
         if e.docs is not None:
@@ -224,6 +230,23 @@ class ChangelogWriter:
                 "window_order": list(e.window.order),
             }
         return meta
+
+    def _selector_backlog(self, docs: DocumentTable, out: list[Record]) -> None:
+        """The documents changed since the selector last brought the window's caches up to date,
+        a ``c:<row>`` record each: each commit adds those changed since the previous commit; a
+        selection (the selector's mark moved) takes back those it has seen."""
+        mark = self.engine.selector.mark
+        if docs is not self._docs or mark != self._selector_mark:
+            rows = set(docs.changes.since(mark).tolist())
+            for row in sorted(self._backlog - rows):
+                out.append(Record(ENGINE, f"c:{row}".encode(), None))
+            self._backlog &= rows
+        else:
+            rows = set(docs.changes.since(self._marks[0]).tolist())
+        self._selector_mark = mark
+        for row in sorted(rows - self._backlog):
+            out.append(Record(ENGINE, f"c:{row}".encode(), bytes((_FORMAT,))))
+        self._backlog |= rows
 
     def _documents(self, docs: DocumentTable, out: list[Record]) -> None:
         if docs is not self._docs:
@@ -363,6 +386,7 @@ def engine_from_records(params, records: Iterable[Record]) -> Engine:
     meta = json.loads(value[1:])
     arrays: dict[str, np.ndarray] = {}
     _restore_queries(engine_store, meta)
+    _restore_selector_backlog(engine_store, meta)
     _restore_pending(engine_store, meta, arrays)
     shape = meta.pop("docs", None)
     if shape is not None:
@@ -391,6 +415,15 @@ def _restore_queries(store: dict[bytes, bytes], meta: dict) -> None:
         elif tag == g - 1:
             previous.append(entry)
     meta["queries"] = [previous, current]
+
+
+def _restore_selector_backlog(store: dict[bytes, bytes], meta: dict) -> None:
+    rows = []
+    for key, value in store.items():
+        if key.startswith(b"c:"):
+            _blame(ENGINE, key, _check, value, 1, "a selector backlog record")
+            rows.append(int(key[2:]))
+    meta["changed_since_caches"] = sorted(rows)
 
 
 def _restore_pending(store: dict[bytes, bytes], meta: dict, arrays: dict) -> None:

@@ -211,9 +211,12 @@ class Engine:
             arrays.update(window_arrays)
         return arrays, meta
 
-    def scalars(self) -> dict:
+    def scalars(self, backlog: bool = True) -> dict:
         """The small part of :meth:`to_state`'s metadata: all but the documents, the window's
-        queries, the query memory and the waiting clicks (which a changelog keys one by one)."""
+        queries, the query memory and the waiting clicks (which a changelog keys one by one).
+        Without ``backlog``, also without the documents changed since the last selection (a
+        changelog keys those too)."""
+        selector = self.selector.to_state(self.docs) if backlog else {}
         return {
             "gamma": self.gamma,
             "generation": self.generation,
@@ -222,7 +225,7 @@ class Engine:
             "dimension": self.decoder.dimension,
             **self.ingest.time.to_state(),
             **self.publisher.to_state(self.docs),
-            **self.selector.to_state(self.docs),
+            **selector,
         }
 
     @classmethod
