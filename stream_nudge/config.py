@@ -192,6 +192,23 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class ProcessingConfig:
+    #: exactly_once: each commit is one Kafka transaction holding the updates, the dead letters,
+    #: the state's changelog records and the input offsets (a read_committed reader of the
+    #: updates sees each (document, generation) once); the state lives in the changelog topics.
+    #: at_least_once: the state and offsets are checkpointed to a file in checkpoint.directory;
+    #: updates sent after the last checkpoint may be sent again after a crash.
+    guarantee: str = "exactly_once"
+    #: exactly_once: commit this often, or after this many input records, whichever comes first
+    #: (updates become visible to read_committed readers at a commit).
+    commit_interval_ms: int = 1000
+    commit_records: int = 50_000
+    #: exactly_once: the producer's transactional id (empty: the group id followed by -txn). A
+    #: member that starts with it fences the one that had it before.
+    transactional_id: str = ""
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     #: Prometheus metrics and /healthz on this port (0: off).
     port: int = 9108
@@ -257,6 +274,7 @@ class Config(EngineParams):
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    processing: ProcessingConfig = field(default_factory=ProcessingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
@@ -420,6 +438,12 @@ def _check(c: Config) -> None:
         fail("kafka.compression_type", "must be null, gzip, snappy, lz4 or zstd")
     if c.checkpoint.every_seconds <= 0:
         fail("checkpoint.every_seconds", "must be > 0")
+    if c.processing.guarantee not in ("exactly_once", "at_least_once"):
+        fail("processing.guarantee", "must be exactly_once or at_least_once")
+    if c.processing.commit_interval_ms < 1:
+        fail("processing.commit_interval_ms", "must be >= 1")
+    if c.processing.commit_records < 1:
+        fail("processing.commit_records", "must be >= 1")
     if not 0 <= c.metrics.port <= 65535:
         fail("metrics.port", "must be between 0 (off) and 65535")
     if c.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

@@ -57,6 +57,17 @@ class Metrics:
             "Time to flush and write a checkpoint",
             registry=r,
         )
+        self.commit_seconds = Histogram(
+            "stream_nudge_commit_duration_seconds",
+            "exactly_once: time to write the changelog records and commit the transaction",
+            registry=r,
+        )
+        self.commit_records = Histogram(
+            "stream_nudge_changelog_records_per_commit",
+            "exactly_once: changelog records written by one commit",
+            buckets=(0, 1, 10, 100, 1_000, 10_000, 100_000, 1_000_000),
+            registry=r,
+        )
         self.reselection_seconds = Histogram(
             "stream_nudge_reselection_duration_seconds", "Time to re-select gamma", registry=r
         )

@@ -1,6 +1,14 @@
-"""``stream-nudge run``: the engine between Kafka topics, checkpointed, restartable, observable.
+"""``stream-nudge run``: the engine between Kafka topics, restartable, observable.
 
-The loop: poll a batch -> engine -> send the updates; every ``checkpoint.every_seconds``, and at
+``processing.guarantee: exactly_once`` (the default): every commit (each ``commit_interval_ms``
+or ``commit_records``, at shutdown and before partitions are revoked) is one Kafka transaction
+with the updates, the dead letters, the changelog records of the state's changes and the input
+offsets (:mod:`stream_nudge.kafka.committer`). The state lives in the changelog topics: at start
+and after any failure the transactional producer fences a previous member with the same id,
+the engine is rebuilt from the changelog and the input is read from the group's committed
+offsets. The generation counter is part of the state.
+
+``at_least_once``: the loop: poll a batch -> engine -> send the updates; every ``checkpoint.every_seconds``, and at
 shutdown and before partitions are revoked: flush the producer (every update of the processed
 batches is acknowledged), then write the checkpoint (engine state + next offset of every input
 partition, atomically), then commit the offsets to the group (informational). On start: restore the
@@ -18,6 +26,8 @@ offsets once the broker is back, so nothing is lost.
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import logging
 import signal
 import time
@@ -26,15 +36,22 @@ from collections import Counter
 from stream_nudge.checkpoint import CheckpointError, CheckpointStore, StateDirectoryError
 from stream_nudge.config import Config
 from stream_nudge.engine import Changes, Engine, restore, snapshot
+from stream_nudge.engine.changelog import ChangelogError, ChangelogWriter
+from stream_nudge.faults import crash_point
 from stream_nudge.kafka import (
     ClientError,
     KafkaSink,
     KafkaSource,
     SinkError,
+    TransactionalCommitter,
+    committed_offsets,
+    ensure_changelog,
     ensure_topics,
     is_configuration_error,
     last_generation,
+    read_changelog,
 )
+from stream_nudge.kafka.common import make_producer
 from stream_nudge.loop import run
 from stream_nudge.observability import Metrics
 from stream_nudge.sinks import Sink
@@ -80,6 +97,8 @@ class Service:
         self.offsets: dict = {}
         self.last_checkpoint = time.monotonic()
         self.metrics_port: int | None = None
+        self.exactly_once = config.processing.guarantee == "exactly_once"
+        self.committer: TransactionalCommitter | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -93,6 +112,10 @@ class Service:
         # First of all: from here on a SIGTERM ends the service cleanly.
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        # SIGUSR1 prints every thread's stack to stderr: what a service that looks stuck is
+        # doing (where stderr is a file; not under a test's captured output).
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
         try:
             self.store.claim()
         except StateDirectoryError as exc:
@@ -121,15 +144,27 @@ class Service:
                 self._connect()
                 backoff = 0.5
                 self._loop()  # returns once stopped, after the final checkpoint
-            except StateDirectoryError as exc:
+            except (StateDirectoryError, ChangelogError) as exc:
                 # Not Kafka trouble: going back to the last checkpoint and reading again would
                 # only fail the same way, forever, while looking alive. Stop, unhealthy, loudly.
+                # (A changelog record that does not decode: the member refuses to run on state
+                # it cannot read rather than start empty.)
                 log.error("stopping: %s", exc)
                 self.metrics.fail(str(exc))
                 self._disconnect()
                 self.metrics.close()
                 return 1
             except (ClientError, SinkError, OSError, TimeoutError, _Restart) as exc:
+                if isinstance(exc, ClientError) and exc.fenced:
+                    # Another member took our transactional id: we are the zombie. Whatever
+                    # this one had not committed is aborted; it must not write again.
+                    log.error(
+                        "stopping: fenced by a newer member with our transactional id: %s", exc
+                    )
+                    self.metrics.fail(str(exc))
+                    self._disconnect()
+                    self.metrics.close()
+                    return 1
                 if is_configuration_error(exc):
                     # A setting the client refuses: the same refusal at every retry.
                     log.error("stopping: the Kafka client refuses the configuration: %s", exc)
@@ -138,6 +173,15 @@ class Service:
                     self.metrics.close()
                     return 2
                 if self.stop_requested:
+                    if self.exactly_once:
+                        # Nothing is lost: the open transaction is aborted, and what it held is
+                        # read again from the committed offsets by the next member.
+                        log.warning(
+                            "the final commit failed (%s): the work since the last commit will "
+                            "be done again from the committed offsets",
+                            exc,
+                        )
+                        break
                     log.error("final checkpoint failed (%s); the previous one stands", exc)
                     saved = False
                     break
@@ -169,6 +213,8 @@ class Service:
             time.sleep(min(0.2, deadline - time.monotonic()))
 
     def _load_state(self) -> None:
+        if self.exactly_once:
+            return  # rebuilt from the changelog at every connection, once zombies are fenced
         checkpoint = self.store.load()
         if checkpoint is None:
             self.engine = Engine(self.config)
@@ -191,12 +237,58 @@ class Service:
 
     def _connect(self) -> None:
         ensure_topics(self.config)
+        if self.exactly_once:
+            self._connect_transactional()
+            return
         published = last_generation(self.config)
         if published > self.engine.generation:
             self.engine.generation = published
         self.sink = KafkaSink(self.config)
         self.source = KafkaSource(self.config, self.offsets, on_revoke=self.checkpoint)
         log.info("connected to %s", self.config.kafka.bootstrap_servers)
+
+    def _connect_transactional(self) -> None:
+        """Fence a previous member (the producer's transactions start), rebuild the engine from
+        the changelog, and read the input from the group's committed offsets."""
+        c = self.config
+        topics = ensure_changelog(c)
+        txn = c.processing.transactional_id or f"{c.kafka.group_id}-txn"
+        producer = make_producer(c, transactional_id=txn)
+        try:
+            self.engine, _ = read_changelog(c)
+            crash_point("restore")
+            self.offsets = committed_offsets(c)
+        except BaseException:
+            producer.close()
+            raise
+        e = self.engine
+        log.info(
+            "restored from the changelog: %d events, %d documents, gamma %.6g, generation %d",
+            e.events,
+            len(e.docs) if e.docs else 0,
+            e.gamma,
+            e.generation,
+        )
+        self.sink = KafkaSink(c, producer)
+        self.source = KafkaSource(c, self.offsets, on_revoke=self.commit)
+        p = c.processing
+        self.committer = TransactionalCommitter(
+            producer,
+            self.source,
+            ChangelogWriter(e),
+            topics,
+            p.commit_interval_ms / 1000.0,
+            p.commit_records,
+            on_commit=self._committed,
+        )
+        log.info(
+            "connected to %s (exactly once, transactional id %s)", c.kafka.bootstrap_servers, txn
+        )
+
+    def _committed(self, seconds: float, records: int) -> None:
+        self.metrics.commit_seconds.observe(seconds)
+        self.metrics.commit_records.observe(records)
+        self.metrics.last_checkpoint = time.time()
 
     def _disconnect(self) -> None:
         for edge in (self.source, self.sink):
@@ -205,7 +297,7 @@ class Service:
                     edge.close()
                 except Exception as exc:  # closing a broken client must not stop the restart
                     log.debug("closing %s: %s", edge.__class__.__name__, exc)
-        self.source = self.sink = None
+        self.source = self.sink = self.committer = None
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -227,13 +319,20 @@ class Service:
     # The committer of the run loop: a checkpoint every checkpoint.every_seconds.
 
     def due(self, now: float) -> bool:
+        if self.committer is not None:
+            return self.committer.due(now)
         return now - self.last_checkpoint >= self.config.checkpoint.every_seconds
 
     def commit(self) -> None:
-        self.checkpoint()
+        if self.committer is not None:
+            self.committer.commit()
+        else:
+            self.checkpoint()
 
     def _observe(self, batch: list) -> None:
         self.metrics.tick()
+        if self.committer is not None:
+            self.committer.count(len(batch))
         for topic, n in Counter(record.topic for record in batch).items():
             self.metrics.events.labels(topic).inc(n)
         e = self.engine

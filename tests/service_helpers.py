@@ -54,8 +54,8 @@ def write_config(
     return path
 
 
-def start(config: Path, log: Path) -> subprocess.Popen:
-    env = dict(os.environ)
+def start(config: Path, log: Path, **env_vars: str) -> subprocess.Popen:
+    env = dict(os.environ, **env_vars)
     env.pop("STREAM_NUDGE_KAFKA_BOOTSTRAP", None)
     return subprocess.Popen(
         [sys.executable, "-m", "stream_nudge", "run", "--config", str(config)],
@@ -73,18 +73,44 @@ def checkpoint_meta(state: Path) -> dict | None:
     return None if checkpoint is None else checkpoint.meta
 
 
+def committed_engine(config_path: Path):
+    """The engine the service's committed state holds: its checkpoint (at_least_once) or its
+    changelog topics (exactly_once); None if there is none yet."""
+    from stream_nudge.config import load_config
+    from stream_nudge.engine import restore
+    from stream_nudge.kafka.changelog import read_changelog
+
+    config = load_config(config_path)
+    if config.processing.guarantee == "at_least_once":
+        try:
+            checkpoint = CheckpointStore(config.checkpoint.directory).load()
+        except Exception:
+            return None
+        return None if checkpoint is None else restore(config, checkpoint.arrays, checkpoint.meta)
+    from stream_nudge.engine.changelog import ChangelogError
+
+    try:
+        engine, _ = read_changelog(config)
+    except ChangelogError:
+        # Read while the service commits: the topics' ends were taken a moment apart, and a
+        # transaction committed in between is in one topic and not yet in another. Read again.
+        return None
+    return engine
+
+
 def wait_until_done(
-    state: Path, n_events: int, proc: subprocess.Popen, timeout: float = 240.0
-) -> dict:
-    """Until a checkpoint shows every event processed and gamma selected after the last one."""
+    config_path: Path, n_events: int, proc: subprocess.Popen, timeout: float = 240.0
+):
+    """Until the committed state shows every event processed and gamma selected after the last
+    one; that engine."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        meta = checkpoint_meta(state)
-        if meta and meta["events"] == n_events and meta["events_since_selection"] == 0:
-            return meta
+        engine = committed_engine(config_path)
+        if engine is not None and engine.events == n_events and engine.events_since_selection == 0:
+            return engine
         if proc.poll() is not None:
             raise AssertionError(f"the service exited with {proc.returncode}")
-        time.sleep(0.3)
+        time.sleep(0.5)
     raise AssertionError("the service did not finish in time")
 
 
@@ -94,7 +120,14 @@ def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 60.0) -> i
 
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    # read_committed: what a reader of exactly_once output sees (the same as everything for
+    # at_least_once output, which is written outside transactions).
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level="read_committed",
+    )
     parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
     consumer.assign(parts)
     consumer.seek_to_beginning(*parts)

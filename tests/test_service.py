@@ -12,6 +12,7 @@ import pytest
 from service_helpers import (
     checkpoint_meta,
     children,
+    committed_engine,
     produce,
     read_topic,
     reduce_updates,
@@ -38,6 +39,16 @@ def client(request) -> str:
     return request.param
 
 
+# The tests of what checkpoints do run the service at least once; the others with both
+# guarantees.
+AT_LEAST_ONCE = {"guarantee": "at_least_once"}
+
+
+@pytest.fixture(params=["exactly_once", "at_least_once"])
+def guarantee(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def scifact(shared_data):
     doc_msgs, event_msgs, _ = dataset_messages(shared_data, "scifact-minilm")
@@ -59,24 +70,27 @@ def make_topics(make_topic):
 SLOW_POLLS = {"max_poll_records": 40, "poll_timeout_ms": 100}
 
 
-def prepare(bootstrap, topics, doc_msgs, event_msgs, tmp_path, client, **sections):
+def prepare(
+    bootstrap, topics, doc_msgs, event_msgs, tmp_path, client, guarantee="exactly_once", **sections
+):
     """Fill the input topics; write the service's config. Returns (state dir, config path)."""
     produce(bootstrap, topics["docs"], doc_msgs)
     produce(bootstrap, topics["events"], event_msgs)
     state = tmp_path / "state"
     path = tmp_path / "c.yaml"
-    config = write_config(path, bootstrap, topics, state, client, **ENGINE, **sections)
+    processing = {"guarantee": guarantee, **sections.pop("processing", {})}
+    config = write_config(
+        path, bootstrap, topics, state, client, **ENGINE, processing=processing, **sections
+    )
     return state, config
 
 
-def check_same_as_replay(bootstrap, topics, state, replay_engine, replay_sink: MemorySink):
-    got = reduce_updates(read_topic(bootstrap, topics["updates"]))
+def check_same_as_replay(bootstrap, topics, config, replay_engine, replay_sink: MemorySink):
+    records = read_topic(bootstrap, topics["updates"])
+    got = reduce_updates(records)
     assert without_generation(got) == without_generation(replay_sink.latest())
     # Nothing lost, nothing counted twice: the query sums are the replay's, exactly.
-    checkpoint = CheckpointStore(state).load()
-    from stream_nudge.engine import restore
-
-    restored = restore(load_config(overrides=ENGINE), checkpoint.arrays, checkpoint.meta)
+    restored = committed_engine(config)
     expected, sums = sums_by_id(replay_engine), sums_by_id(restored)
     assert sums.keys() == expected.keys()
     for doc_id, value in expected.items():
@@ -88,27 +102,36 @@ def check_same_as_replay(bootstrap, topics, state, replay_engine, replay_sink: M
         g = int(dict(r.headers)["generation"])
         assert g > last.get(r.key, 0)
         last[r.key] = g
+    if load_config(config).processing.guarantee == "exactly_once":
+        # Each generation once, none missing: what was committed was written once, and the
+        # counter, part of the state, went back with it after every crash.
+        generations = sorted(int(dict(r.headers)["generation"]) for r in records)
+        assert generations == list(range(1, len(records) + 1))
+        assert restored.generation == len(records)
 
 
-def test_service_end_to_end_equals_replay(kafka_bootstrap, make_topic, scifact, tmp_path, client):
+def test_service_end_to_end_equals_replay(
+    kafka_bootstrap, make_topic, scifact, tmp_path, client, guarantee
+):
     doc_msgs, event_msgs, replay_engine, replay_sink = scifact
     topics = make_topics(make_topic)
     from conftest import _free_port
 
     port = _free_port()
-    state, config = prepare(
+    _, config = prepare(
         kafka_bootstrap,
         topics,
         doc_msgs,
         event_msgs,
         tmp_path,
         client,
+        guarantee,
         metrics={"port": port},
         logging={"format": "json"},
     )
     proc = start(config, tmp_path / "service.log")
     try:
-        wait_until_done(state, len(event_msgs), proc)
+        wait_until_done(config, len(event_msgs), proc)
         import urllib.request
 
         health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)
@@ -121,10 +144,14 @@ def test_service_end_to_end_equals_replay(kafka_bootstrap, make_topic, scifact, 
             in metrics
         )
         assert "stream_nudge_gamma " in metrics and "stream_nudge_consumer_lag" in metrics
-        assert "stream_nudge_checkpoint_duration_seconds_count" in metrics
+        if guarantee == "exactly_once":
+            assert "stream_nudge_commit_duration_seconds_count" in metrics
+            assert "stream_nudge_changelog_records_per_commit_count" in metrics
+        else:
+            assert "stream_nudge_checkpoint_duration_seconds_count" in metrics
     finally:
         assert stop(proc) == 0, (tmp_path / "service.log").read_text()[-3000:]
-    check_same_as_replay(kafka_bootstrap, topics, state, replay_engine, replay_sink)
+    check_same_as_replay(kafka_bootstrap, topics, config, replay_engine, replay_sink)
     import orjson
 
     lines = [
@@ -139,12 +166,24 @@ def test_service_end_to_end_equals_replay(kafka_bootstrap, make_topic, scifact, 
 
 
 def test_sigterm_and_sigkill_mid_stream_then_restart_gives_the_same_result(
-    kafka_bootstrap, make_topic, scifact, tmp_path, client
+    kafka_bootstrap, make_topic, scifact, tmp_path, client, guarantee
 ):
+    """Exactly once, the state directory is also wiped before every restart: the member
+    restores from the changelog alone."""
+    import shutil
+
     doc_msgs, event_msgs, replay_engine, replay_sink = scifact
     topics = make_topics(make_topic)
     state, config = prepare(
-        kafka_bootstrap, topics, doc_msgs, event_msgs, tmp_path, client, kafka=SLOW_POLLS
+        kafka_bootstrap,
+        topics,
+        doc_msgs,
+        event_msgs,
+        tmp_path,
+        client,
+        guarantee,
+        kafka=SLOW_POLLS,
+        processing={"commit_interval_ms": 200},
     )
     log = tmp_path / "service.log"
     rng = random.Random(7)
@@ -162,9 +201,11 @@ def test_sigterm_and_sigkill_mid_stream_then_restart_gives_the_same_result(
         time.sleep(rng.uniform(0.5, 3.0))
         code = stop(proc, sig)
         assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), log.read_text()[-3000:]
+        if guarantee == "exactly_once":
+            shutil.rmtree(state, ignore_errors=True)
     proc = start(config, log)
     try:
-        wait_until_done(state, len(event_msgs), proc)
+        wait_until_done(config, len(event_msgs), proc)
         # The last run may have found all the work done: it must be up (its SIGTERM handler in
         # place) before it is stopped, or the signal ends it before it could finish cleanly.
         deadline = time.monotonic() + 60
@@ -173,8 +214,98 @@ def test_sigterm_and_sigkill_mid_stream_then_restart_gives_the_same_result(
     finally:
         assert stop(proc) == 0, log.read_text()[-3000:]
     text = log.read_text()
-    assert text.count("restored checkpoint") >= 5
-    check_same_as_replay(kafka_bootstrap, topics, state, replay_engine, replay_sink)
+    restored = (
+        "restored from the changelog: " if guarantee == "exactly_once" else "restored checkpoint"
+    )
+    assert text.count(restored) >= 5
+    check_same_as_replay(kafka_bootstrap, topics, config, replay_engine, replay_sink)
+
+
+def test_a_kill_at_each_step_of_a_commit_and_during_a_restore_changes_nothing(
+    kafka_bootstrap, make_topic, scifact, tmp_path, client
+):
+    """Exactly once. The service kills itself (SIGKILL, stream_nudge.faults) with the batch's
+    updates in the open transaction, with the changelog records and offsets in it but not
+    committed, just after a commit, and during a restore; each time its state directory is wiped
+    and it starts again. A read_committed reader then sees each generation once, and the result
+    and the query sums are the replay's."""
+    import shutil
+
+    doc_msgs, event_msgs, replay_engine, replay_sink = scifact
+    topics = make_topics(make_topic)
+    state, config = prepare(
+        kafka_bootstrap,
+        topics,
+        doc_msgs,
+        event_msgs,
+        tmp_path,
+        client,
+        "exactly_once",
+        kafka=SLOW_POLLS,
+        processing={"commit_interval_ms": 200},
+    )
+    log = tmp_path / "service.log"
+    for point in ("commit:changelog:3", "commit:offsets:3", "commit:committed:3", "restore:1"):
+        proc = start(config, log, STREAM_NUDGE_CRASH_AT=point)
+        code = proc.wait(timeout=120)
+        assert code == -signal.SIGKILL, (point, code, log.read_text()[-3000:])
+        shutil.rmtree(state, ignore_errors=True)
+    proc = start(config, log)
+    try:
+        wait_until_done(config, len(event_msgs), proc)
+    finally:
+        assert stop(proc) == 0, log.read_text()[-3000:]
+    assert log.read_text().count("restored from the changelog: ") >= 5
+    check_same_as_replay(kafka_bootstrap, topics, config, replay_engine, replay_sink)
+
+
+def test_a_zombie_member_is_fenced_and_its_late_commit_changes_nothing(
+    kafka_bootstrap, make_topic, scifact, tmp_path, client
+):
+    """Exactly once. A member stops (SIGSTOP) mid-stream; a second one with the same
+    configuration (its own state directory) starts, fences it and finishes the work. The first
+    one, let go again, is fenced at its late commit and exits 1; nothing of it reaches a
+    read_committed reader."""
+    doc_msgs, event_msgs, replay_engine, replay_sink = scifact
+    topics = make_topics(make_topic)
+    _, config = prepare(
+        kafka_bootstrap,
+        topics,
+        doc_msgs,
+        event_msgs,
+        tmp_path,
+        client,
+        "exactly_once",
+        kafka=SLOW_POLLS,
+    )
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    first = start(config, first_log)
+    second = None
+    try:
+        deadline = time.monotonic() + 60
+        while f"assigned {topics['docs']}" not in first_log.read_text():
+            assert time.monotonic() < deadline, first_log.read_text()[-3000:]
+            time.sleep(0.1)
+        time.sleep(1.5)  # some batches processed, some committed, some in the open transaction
+        first.send_signal(signal.SIGSTOP)
+        second_config = tmp_path / "second.yaml"
+        second_config.write_text(
+            config.read_text().replace(str(tmp_path / "state"), str(tmp_path / "state2"))
+        )
+        second = start(second_config, second_log)
+        wait_until_done(second_config, len(event_msgs), second, timeout=300)
+        first.send_signal(signal.SIGCONT)
+        assert first.wait(timeout=120) == 1, first_log.read_text()[-3000:]
+        assert "stopping: fenced by a newer member" in first_log.read_text()
+        assert second.poll() is None, second_log.read_text()[-3000:]
+        assert stop(second) == 0, second_log.read_text()[-3000:]
+        second = None
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+    check_same_as_replay(kafka_bootstrap, topics, config, replay_engine, replay_sink)
 
 
 def test_a_checkpoint_failing_in_a_rebalance_does_not_hold_the_rebalance(
@@ -218,6 +349,7 @@ def _idle_service(bootstrap, make_topic, scifact, tmp_path, client):
         client,
         **ENGINE,
         checkpoint={"every_seconds": 3600},
+        processing=AT_LEAST_ONCE,
     )
     log = tmp_path / "service.log"
     proc = start(config, log)
@@ -259,6 +391,7 @@ def test_a_bad_config_exits_2_and_a_corrupt_checkpoint_refuses_to_start(kafka_bo
         kafka_bootstrap,
         {"docs": "d", "events": "e", "updates": "u", "dead_letters": "x"},
         state,
+        processing=AT_LEAST_ONCE,
     )
     run = subprocess.run(
         [sys.executable, "-m", "stream_nudge", "run", "--config", str(config)],
@@ -274,7 +407,7 @@ def test_a_bad_config_exits_2_and_a_corrupt_checkpoint_refuses_to_start(kafka_bo
     assert checkpoint_meta(state) is None
 
 
-def test_broker_stopped_mid_stream_and_started_again(scifact, tmp_path, client):
+def test_broker_stopped_mid_stream_and_started_again(scifact, tmp_path, client, guarantee):
     """A broker of its own (stopping the session's would disturb other tests)."""
     import subprocess
     import sys
@@ -307,8 +440,8 @@ def test_broker_stopped_mid_stream_and_started_again(scifact, tmp_path, client):
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
         admin.create_topics([NewTopic("docs", 1, 1), NewTopic("events", 1, 1)])
         admin.close()
-        state, config = prepare(
-            bootstrap, topics, doc_msgs, event_msgs, tmp_path, client, kafka=SLOW_POLLS
+        _, config = prepare(
+            bootstrap, topics, doc_msgs, event_msgs, tmp_path, client, guarantee, kafka=SLOW_POLLS
         )
         log = tmp_path / "service.log"
         proc = start(config, log)
@@ -317,10 +450,10 @@ def test_broker_stopped_mid_stream_and_started_again(scifact, tmp_path, client):
         time.sleep(6.0)
         assert proc.poll() is None, "the service must survive the outage"
         broker("start")
-        wait_until_done(state, len(event_msgs), proc, timeout=300)
+        wait_until_done(config, len(event_msgs), proc, timeout=300)
         assert stop(proc) == 0
         proc = None
-        check_same_as_replay(bootstrap, topics, state, replay_engine, replay_sink)
+        check_same_as_replay(bootstrap, topics, config, replay_engine, replay_sink)
     finally:
         if proc is not None:
             proc.kill()
@@ -370,7 +503,15 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_service_instead_of_reread
     topics = make_topics(make_topic)
     produce(kafka_bootstrap, topics["docs"], scifact[0][:200])
     state = tmp_path / "state"
-    config = write_config(tmp_path / "c.yaml", kafka_bootstrap, topics, state, client, **ENGINE)
+    config = write_config(
+        tmp_path / "c.yaml",
+        kafka_bootstrap,
+        topics,
+        state,
+        client,
+        **ENGINE,
+        processing=AT_LEAST_ONCE,
+    )
     log = tmp_path / "service.log"
     proc = start(config, log)
     try:

@@ -33,6 +33,34 @@ def ensure_topics(config: Config) -> None:
         admin.close()
 
 
+def committed_offsets(config: Config) -> dict[str, dict[str, int]]:
+    """The consumer group's committed offsets of the input topics, in the checkpoint's shape
+    (``{topic: {partition: offset}}``; partitions without one are left out)."""
+    k = config.kafka
+    admin = make_admin(config)
+    try:
+        existing = admin.topics()
+    finally:
+        admin.close()
+    tps = [
+        TopicPartition(topic, p)
+        for topic in (k.topics.docs, k.topics.events)
+        for p in range(existing.get(topic, 0))
+    ]
+    if not tps:
+        return {}
+    consumer = make_consumer(config)  # the group's own id, without joining it
+    try:
+        committed = consumer.committed(tps)
+    finally:
+        consumer.close()
+    out: dict[str, dict[str, int]] = {}
+    for tp, offset in committed.items():
+        if offset is not None:
+            out.setdefault(tp.topic, {})[str(tp.partition)] = offset
+    return out
+
+
 def last_generation(config: Config, timeout_s: float = 30.0) -> int:
     """The highest generation in the last record of each partition of the updates topic (0 if empty).
 

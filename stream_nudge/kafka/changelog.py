@@ -111,6 +111,8 @@ def read_changelog(
         started = last_report = time.monotonic()
         while left:
             for m in consumer.poll(config.kafka.max_poll_records, 0.5):
+                if m.offset >= ends[TopicPartition(m.topic, m.partition)]:
+                    continue  # committed after the ends were taken: not part of this state
                 store = store_of[m.topic]
                 records.append(Record(store, m.key or b"", m.value))
                 where[(store, m.key or b"")] = (

@@ -245,16 +245,41 @@ class KafkaProducer:
                 "partitioner": "murmur2_random",
             }
         )
+        # No transactional call waits longer than a transaction may live (see commit).
+        self._wait_s = transaction_timeout_ms / 1000.0
         if transactional_id is not None:
             conf["transactional.id"] = transactional_id
             conf["transaction.timeout.ms"] = transaction_timeout_ms
+        self._transactional = transactional_id is not None
         try:
             self._producer = ck.Producer(conf, logger=log)
             if transactional_id is not None:
                 self._producer.init_transactions(60.0)
         except (ck.KafkaException, ValueError, TypeError) as exc:
-            raise _error(exc) from exc
+            raise self._error(exc) from exc
         self._failures: list[ck.KafkaError] = []
+
+    def _error(self, exc: BaseException) -> ClientError:
+        """As :func:`_error`; for a transactional producer, "_FATAL" (what every call answers
+        once the producer hit a fatal error, whose own report librdkafka logs as FATAL and
+        rarely raises) counts as fenced: such a producer can never commit again, and the most
+        common cause by far is a newer member with the same transactional id. Restarting would
+        fence that member in turn."""
+        out = _error(exc)
+        err = exc.args[0] if exc.args and isinstance(exc.args[0], ck.KafkaError) else exc
+        if (
+            self._transactional
+            and not out.fenced
+            and isinstance(err, ck.KafkaError)
+            and (err.fatal() or err.code() == ck.KafkaError._FATAL)
+        ):
+            out = ClientError(
+                f"{out} (a fatal error of the transactional producer: see the FATAL line logged "
+                "before; most often another member took over its transactional id)",
+                out.configuration,
+                fenced=True,
+            )
+        return out
 
     def _delivered(self, err, _message) -> None:
         if err is not None:
@@ -270,14 +295,14 @@ class KafkaProducer:
             except BufferError:  # the local queue is full: let deliveries drain it
                 self._producer.poll(0.1)
             except ck.KafkaException as exc:
-                raise _error(exc) from exc
+                raise self._error(exc) from exc
         self._producer.poll(0)
 
     def flush(self, timeout_s: float | None = None) -> None:
         left = self._producer.flush(-1 if timeout_s is None else timeout_s)
         if self._failures:
             first, self._failures = self._failures[0], []
-            raise _error(first)
+            raise self._error(first)
         if left:
             raise ClientError(f"{left} messages not delivered within {timeout_s} s")
 
@@ -285,23 +310,26 @@ class KafkaProducer:
         try:
             self._producer.begin_transaction()
         except ck.KafkaException as exc:
-            raise _error(exc) from exc
+            raise self._error(exc) from exc
 
     def commit(self, offsets: dict[TopicPartition, int], group_metadata: object) -> None:
         tps = [ck.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
-            self.flush()
+            # Bounded: records that cannot be delivered (a producer without its transactional id
+            # after a broker restart) would otherwise hold the loop forever; past a transaction's
+            # life the broker aborts it anyway, and the caller starts over with a new producer.
+            self.flush(self._wait_s)
             if tps:
-                self._producer.send_offsets_to_transaction(tps, group_metadata, 60.0)
-            self._producer.commit_transaction(60.0)
+                self._producer.send_offsets_to_transaction(tps, group_metadata, self._wait_s)
+            self._producer.commit_transaction(self._wait_s)
         except ck.KafkaException as exc:
-            raise _error(exc) from exc
+            raise self._error(exc) from exc
 
     def abort(self) -> None:
         try:
-            self._producer.abort_transaction(60.0)
+            self._producer.abort_transaction(self._wait_s)
         except ck.KafkaException as exc:
-            raise _error(exc) from exc
+            raise self._error(exc) from exc
         finally:
             self._failures = []
 

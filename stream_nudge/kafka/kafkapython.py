@@ -123,7 +123,11 @@ class KafkaConsumer:
             try:
                 self.commit({tp: o for tp, o in deferred.items() if tp in assigned})
             except ClientError as exc:  # informational only: a failed commit loses nothing
-                log.warning("could not commit offsets to the group: %s", exc)
+                if isinstance(exc.__cause__, errors.RebalanceInProgressError):
+                    # Another rebalance began (a member left again): after it, at a next poll.
+                    self._deferred = {**deferred, **self._deferred}
+                else:
+                    log.warning("could not commit offsets to the group: %s", exc)
         out = []
         for tp, records in polled.items():
             for r in records:
@@ -240,6 +244,9 @@ class KafkaProducer:
             settings.update(
                 transactional_id=transactional_id, transaction_timeout_ms=transaction_timeout_ms
             )
+        # No transactional call waits longer than a transaction may live: past that the broker
+        # aborts it anyway, and the caller starts over with a new producer.
+        self._wait_s = transaction_timeout_ms / 1000.0
         try:
             self._producer = kafka.KafkaProducer(**settings)
             if transactional_id is not None:
@@ -275,21 +282,32 @@ class KafkaProducer:
 
     def commit(self, offsets: dict[TopicPartition, int], group_metadata: object) -> None:
         chosen = {_theirs(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+        manager = self._producer._transaction_manager
         try:
-            self.flush()
+            self.flush(self._wait_s)
             if chosen:
-                self._producer.send_offsets_to_transaction(chosen, group_metadata)
-            self._producer.commit_transaction()
+                self._bounded(
+                    manager.send_offsets_to_transaction(chosen, group_metadata), "sending offsets"
+                )
+            self._bounded(manager.begin_commit(), "committing the transaction")
         except errors.KafkaError as exc:
             raise _error(exc) from exc
 
     def abort(self) -> None:
         try:
-            self._producer.abort_transaction()
+            self._bounded(self._producer._transaction_manager.begin_abort(), "aborting")
         except errors.KafkaError as exc:
             raise _error(exc) from exc
         finally:
             self._failures = []
+
+    def _bounded(self, result, what: str) -> None:
+        """kafka-python's transactional calls, with a bound on the wait they do not have: its
+        commit_transaction() waits for its result forever (a coordinator that never answers
+        after a broker restart holds the loop with it)."""
+        self._producer._sender.wakeup()
+        if not result.wait(timeout_ms=self._wait_s * 1000.0):
+            raise ClientError(f"{what} did not complete within {self._wait_s:.0f} s")
 
     def close(self) -> None:
         self._producer.close(timeout=10)

@@ -103,6 +103,15 @@ class KafkaSource:
         except Exception as exc:  # closing a broken client must not stop a restart
             log.debug("closing the consumer: %s", exc)
 
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this member holds now."""
+        return self.consumer.assignment()
+
+    def group_metadata(self) -> object:
+        """What a transaction commits with its offsets (the group's generation: fences a member
+        the group has replaced)."""
+        return self.consumer.group_metadata()
+
     # --- lag, ordering, commits --------------------------------------------------------------
 
     def lag(self) -> dict[TopicPartition, int]:
