@@ -6,7 +6,8 @@
 throughput: untimed, the documents and --warm-events clicks go through the pipeline and gamma is
 selected, so that it is non-zero; then --events clicks pre-filled in the events topic go through the
 service's pipeline (KafkaSource -> engine -> KafkaSink), the clock stopping when the last update is
-acknowledged. Next to it, in the same run, a bare consume loop of the same client library over the
+committed (--guarantee exactly_once, the default: transactions every second with the changelog
+records and the offsets, as the service commits) or acknowledged (at_least_once, no commits). Next to it, in the same run, a bare consume loop of the same client library over the
 same records, and one that also decodes each message (orjson.loads + float32 array). --client
 chooses the pipeline's client (both by default, one after the other). The final selection at the
 end of input is timed apart.
@@ -40,7 +41,15 @@ sys.path.insert(0, str(REPO))
 
 from stream_nudge.config import load_config  # noqa: E402
 from stream_nudge.engine import Engine  # noqa: E402
-from stream_nudge.kafka import KafkaSink, KafkaSource, ensure_topics  # noqa: E402
+from stream_nudge.engine.changelog import ChangelogWriter  # noqa: E402
+from stream_nudge.kafka import (  # noqa: E402
+    KafkaSink,
+    KafkaSource,
+    TransactionalCommitter,
+    ensure_changelog,
+    ensure_topics,
+)
+from stream_nudge.kafka.common import make_producer  # noqa: E402
 from stream_nudge.loop import run  # noqa: E402
 
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -225,6 +234,7 @@ def throughput(
     broker_pid=None,
     repeat=3,
     client="confluent-kafka",
+    guarantee="exactly_once",
 ):
     tag, topics = new_topics(bootstrap, "")
     total = warm_events + repeat * n_events
@@ -249,20 +259,47 @@ def throughput(
     # Untimed: the documents, then warm-up clicks and a selection, so that gamma is non-zero and
     # every timed click's document is republished (the steady state of a live service).
     engine = Engine(config)
-    sink = KafkaSink(config)
     source = KafkaSource(config)
+    committer = None
+    if guarantee == "exactly_once":
+        producer = make_producer(config, transactional_id=f"bench-{tag}-txn")
+        sink = KafkaSink(config, producer)
+        committer = TransactionalCommitter(
+            producer,
+            source,
+            ChangelogWriter(engine, fresh=True),
+            ensure_changelog(config),
+            config.processing.commit_interval_ms / 1000.0,
+            config.processing.commit_records,
+        )
+    else:
+        sink = KafkaSink(config)
+
+    def counted(batch):
+        if committer is not None:
+            committer.count(len(batch))
+
+    def settle():
+        """Everything written committed (exactly once) or acknowledged."""
+        if committer is not None:
+            committer.commit()
+        else:
+            sink.flush()
+
     batch_size = config.kafka.max_poll_records
     run(
         engine,
         source,
         sink,
         batch_size,
+        committer=committer,
+        on_batch=counted,
         stop=lambda: (
             engine.docs is not None and len(engine.docs) >= n_docs and engine.events >= warm_events
         ),
     )
     sink.write(engine.reselect())
-    sink.flush()
+    settle()
     warm_gamma = engine.gamma
     # CPU of each process of the pipeline over the timed part: on 2 cores, the ratio to the bare
     # loop cannot exceed 2 x (its CPU per event) / (the pipeline's CPU per event).
@@ -286,8 +323,16 @@ def throughput(
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         t0 = time.perf_counter()
         target = warm_events + (r + 1) * n_events
-        run(engine, source, sink, batch_size, stop=lambda t=target: engine.events >= t)
-        sink.flush()  # the clock stops when the last update is acknowledged
+        run(
+            engine,
+            source,
+            sink,
+            batch_size,
+            committer=committer,
+            on_batch=counted,
+            stop=lambda t=target: engine.events >= t,
+        )
+        settle()  # the clock stops when the last update is committed (or acknowledged)
         mine = time.perf_counter() - t0
         cpu = {name: 1e6 * (cpu_seconds(pid) - cpu0[name]) / n_events for name, pid in pids.items()}
         rounds.append(
@@ -306,7 +351,7 @@ def throughput(
         )
     t0 = time.perf_counter()
     sink.write(engine.finish())
-    sink.flush()
+    settle()
     final = time.perf_counter() - t0
     source.close()
     sink.close()
@@ -316,6 +361,8 @@ def throughput(
     decoded = min(x["decode_s"] for x in rounds)
     out = {
         "client": client,
+        "guarantee": guarantee,
+        "commits": committer.commits if committer is not None else 0,
         "vectors": vectors,
         "events": n_events,
         "rounds": rounds,
@@ -332,7 +379,7 @@ def throughput(
     }
     per = ", ".join(f"{name} {us:.0f}" for name, us in out["cpu_us_per_event"].items())
     print(
-        f"throughput ({client}, {vectors} vectors, best of {repeat}): pipeline "
+        f"throughput ({client}, {guarantee}, {vectors} vectors, best of {repeat}): pipeline "
         f"{out['pipeline_events_per_s']:,.0f} events/s ({best['updates']:,} updates published, "
         f"gamma {warm_gamma:.4f}); bare consume {out['bare_consume_events_per_s']:,.0f}/s -> "
         f"{out['ratio_to_bare']:.2f}x; consume+decode "
@@ -344,7 +391,7 @@ def throughput(
     return out
 
 
-def latency(bootstrap, n_docs, dim, rate, seconds):
+def latency(bootstrap, n_docs, dim, rate, seconds, guarantee="exactly_once"):
     """The real service (``stream-nudge run`` in its own process) under an offered load."""
     import tempfile
 
@@ -368,6 +415,7 @@ def latency(bootstrap, n_docs, dim, rate, seconds):
         "gamma": {"every_events": 0, "every_seconds": 0},
         "validation": {"fraction": 0.3},
         "checkpoint": {"directory": str(folder / "state"), "every_seconds": 60},
+        "processing": {"guarantee": guarantee},
         "metrics": {"port": 0},
         "service": {"idle_select_seconds": 1.0},
     }
@@ -403,6 +451,8 @@ def latency(bootstrap, n_docs, dim, rate, seconds):
                 auto_offset_reset="latest",
                 enable_auto_commit=False,
                 fetch_max_wait_ms=10,
+                # Committed updates: what a backend's reader of exactly-once output sees.
+                isolation_level="read_committed",
             )
             consumer.poll(timeout_ms=1000)  # join at the end of the topic before clicks start
             ready.set()
@@ -461,8 +511,9 @@ def latency(bootstrap, n_docs, dim, rate, seconds):
         "p50_ms": float(np.percentile(lat, 50)),
         "p99_ms": float(np.percentile(lat, 99)),
     }
+    out["guarantee"] = guarantee
     print(
-        f"latency at {offered:,.0f} events/s offered: p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms "
+        f"latency ({guarantee}) at {offered:,.0f} events/s offered: p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms "
         f"({out['matched']} clicks matched to updates)"
     )
     return out
@@ -495,6 +546,12 @@ def main(argv=None):
         default="both",
         help="the pipeline's Kafka client, each against a bare loop of the same library",
     )
+    p.add_argument(
+        "--guarantee",
+        choices=["exactly_once", "at_least_once", "both"],
+        default="exactly_once",
+        help="the pipeline's processing guarantee (the service's default: exactly_once)",
+    )
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
     env = None
@@ -504,25 +561,31 @@ def main(argv=None):
         run_dir = Path(f"/tmp/bench-kafka-{os.getpid()}")
         bootstrap, env = start_broker(run_dir)
         broker_pid = int((run_dir / "kafka.pid").read_text())
+    guarantees = ("exactly_once", "at_least_once") if a.guarantee == "both" else (a.guarantee,)
     try:
         results = {}
         if a.only in (None, "throughput"):
             clients = ("confluent-kafka", "kafka-python") if a.client == "both" else (a.client,)
-            for client in clients:
-                for vectors in ("json", "base64") if a.vectors == "both" else (a.vectors,):
-                    results[f"throughput_{client}_{vectors}"] = throughput(
-                        bootstrap,
-                        a.docs,
-                        a.events,
-                        a.dim,
-                        a.warm_events,
-                        vectors,
-                        broker_pid,
-                        a.repeat,
-                        client,
-                    )
+            for guarantee in guarantees:
+                for client in clients:
+                    for vectors in ("json", "base64") if a.vectors == "both" else (a.vectors,):
+                        results[f"throughput_{guarantee}_{client}_{vectors}"] = throughput(
+                            bootstrap,
+                            a.docs,
+                            a.events,
+                            a.dim,
+                            a.warm_events,
+                            vectors,
+                            broker_pid,
+                            a.repeat,
+                            client,
+                            guarantee,
+                        )
         if a.only in (None, "latency"):
-            results["latency"] = latency(bootstrap, a.latency_docs, a.dim, a.rate, a.seconds)
+            for guarantee in guarantees:
+                results[f"latency_{guarantee}"] = latency(
+                    bootstrap, a.latency_docs, a.dim, a.rate, a.seconds, guarantee
+                )
     finally:
         if env is not None:
             subprocess.run(

@@ -144,7 +144,7 @@ class Service:
                 self._connect()
                 backoff = 0.5
                 self._loop()  # returns once stopped, after the final checkpoint
-            except (StateDirectoryError, ChangelogError) as exc:
+            except (StateDirectoryError, ChangelogError, CheckpointError) as exc:
                 # Not Kafka trouble: going back to the last checkpoint and reading again would
                 # only fail the same way, forever, while looking alive. Stop, unhealthy, loudly.
                 # (A changelog record that does not decode: the member refuses to run on state
@@ -255,27 +255,18 @@ class Service:
         txn = c.processing.transactional_id or f"{c.kafka.group_id}-txn"
         producer = make_producer(c, transactional_id=txn)
         try:
-            self.engine, _ = read_changelog(c)
-            crash_point("restore")
-            self.offsets = committed_offsets(c)
+            self.engine, self.offsets, fresh = restore_transactional(c, self.store)
         except BaseException:
             producer.close()
             raise
         e = self.engine
-        log.info(
-            "restored from the changelog: %d events, %d documents, gamma %.6g, generation %d",
-            e.events,
-            len(e.docs) if e.docs else 0,
-            e.gamma,
-            e.generation,
-        )
         self.sink = KafkaSink(c, producer)
         self.source = KafkaSource(c, self.offsets, on_revoke=self.commit)
         p = c.processing
         self.committer = TransactionalCommitter(
             producer,
             self.source,
-            ChangelogWriter(e),
+            ChangelogWriter(e, fresh=fresh),
             topics,
             p.commit_interval_ms / 1000.0,
             p.commit_records,
@@ -359,3 +350,48 @@ class Service:
         if self.engine.docs is not None:
             self.metrics.nudged.set(len(self.engine.docs.nudged_rows()))
         log.debug("checkpoint written (%d events)", self.engine.events)
+
+
+def restore_transactional(config: Config, store: CheckpointStore) -> tuple[Engine, dict, bool]:
+    """Exactly once's engine and input offsets: the changelog's and the group's committed ones.
+
+    An empty changelog beside a checkpoint of at_least_once (in the same state directory) is
+    that checkpoint, migrated: the first commit writes all of it into the changelog, with its
+    offsets. An empty changelog while the group has committed offsets is refused (the state
+    that goes with them is gone). Returns the engine, the offsets, and whether the changelog
+    holds none of the engine's state yet (its writer starts fresh).
+    """
+    engine, records = read_changelog(config)
+    crash_point("restore")
+    offsets = committed_offsets(config)
+    if records:
+        log.info(
+            "restored from the changelog: %d events, %d documents, gamma %.6g, generation %d",
+            engine.events,
+            len(engine.docs) if engine.docs else 0,
+            engine.gamma,
+            engine.generation,
+        )
+        return engine, offsets, False
+    checkpoint = store.load()
+    if checkpoint is not None:
+        engine = restore(config, checkpoint.arrays, checkpoint.meta)
+        # As at_least_once did: above every generation it may have published after it.
+        engine.generation = max(engine.generation, last_generation(config))
+        log.info(
+            "the changelog is empty: migrating the at_least_once checkpoint %s (%d events) into "
+            "it at the first commit; the file is not read again once that commit is made",
+            checkpoint.path,
+            engine.events,
+        )
+        return engine, checkpoint.offsets, True
+    if offsets:
+        raise ChangelogError(
+            f"the changelog topics are empty, but the group {config.kafka.group_id!r} has "
+            f"committed input offsets {offsets}: the state they go with is gone (changelog "
+            "topics deleted or renamed?). Refusing to start on empty state. To rebuild it from "
+            "the input, reset the group's offsets to the earliest (kafka-consumer-groups.sh "
+            "--group <group> --reset-offsets --to-earliest --all-topics --execute)."
+        )
+    log.info("restored from the changelog: it is empty, starting from the beginning")
+    return engine, offsets, True

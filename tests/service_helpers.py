@@ -80,7 +80,14 @@ def committed_engine(config_path: Path):
     from stream_nudge.engine import restore
     from stream_nudge.kafka.changelog import read_changelog
 
-    config = load_config(config_path)
+    # The file as the service reads it: the service is started without the environment's
+    # broker override (see start), so the override must not send this reader elsewhere.
+    saved = os.environ.pop("STREAM_NUDGE_KAFKA_BOOTSTRAP", None)
+    try:
+        config = load_config(config_path)
+    finally:
+        if saved is not None:
+            os.environ["STREAM_NUDGE_KAFKA_BOOTSTRAP"] = saved
     if config.processing.guarantee == "at_least_once":
         try:
             checkpoint = CheckpointStore(config.checkpoint.directory).load()

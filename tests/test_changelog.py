@@ -253,3 +253,22 @@ def _delete(doc_id):
 
 def _event(query_id, vector, doc_id):
     return Input("events", event_message(query_id, vector, doc_id, "train"))
+
+
+@pytest.mark.parametrize("decay", [False, True], ids=["plain", "decay"])
+def test_a_new_writer_on_a_restored_engine_writes_all_of_it(decay):
+    """A checkpoint migrated into an empty changelog: the restored engine's change logs say
+    nothing changed, yet a fresh writer's first records hold its whole state."""
+    config = load_config(overrides={**OVERRIDES, **(DECAY if decay else {})})
+    engine = Engine(config)
+    recs = stream()
+    for i in range(0, 60, 5):
+        engine.process(recs[i : i + 5])
+    arrays, meta = engine.to_state()
+    restored = Engine.from_state(config, arrays, json.loads(json.dumps(meta)))
+    records = ChangelogWriter(restored, fresh=True).records()
+    rebuilt = engine_from_records(config, records)
+    assert canonical(rebuilt) == canonical(engine)
+    tail = [rebuilt.process(recs[i : i + 5]) for i in range(60, len(recs), 5)]
+    straight = [engine.process(recs[i : i + 5]) for i in range(60, len(recs), 5)]
+    assert messages(tail) == messages(straight)

@@ -72,19 +72,19 @@ def test_the_changelog_written_in_transactions_rebuilds_the_engine(
                 producer.abort()
     finally:
         producer.close()
-    rebuilt, ends = read_changelog(config)
+    rebuilt, count = read_changelog(config)
     assert canonical(rebuilt) == canonical(engine)
-    assert sum(ends.values()) > 0
+    assert count > 0
 
 
 @pytest.mark.parametrize("client", CLIENTS)
 def test_an_empty_or_missing_changelog_is_a_new_engine(kafka_bootstrap, make_topic, client):
     config = _config(kafka_bootstrap, client, make_topic("docs"))
-    engine, ends = read_changelog(config)  # no topics at all
-    assert engine.docs is None and ends == {}
+    engine, count = read_changelog(config)  # no topics at all
+    assert engine.docs is None and count == 0
     ensure_changelog(config)
-    engine, ends = read_changelog(config)  # topics, no records
-    assert engine.docs is None and set(ends.values()) == {0}
+    engine, count = read_changelog(config)  # topics, no records
+    assert engine.docs is None and count == 0
 
 
 def test_a_record_that_does_not_decode_is_named_by_topic_partition_and_offset(

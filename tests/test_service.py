@@ -308,6 +308,75 @@ def test_a_zombie_member_is_fenced_and_its_late_commit_changes_nothing(
     check_same_as_replay(kafka_bootstrap, topics, config, replay_engine, replay_sink)
 
 
+def test_an_at_least_once_checkpoint_is_migrated_into_the_changelog(
+    kafka_bootstrap, make_topic, scifact, tmp_path, client
+):
+    """A deployment of at_least_once stops mid-stream and starts again as exactly once (the
+    new default) on the same state directory: the checkpoint becomes the changelog's first
+    commit, and the result is the replay's, generations continuing without a gap."""
+    doc_msgs, event_msgs, replay_engine, replay_sink = scifact
+    topics = make_topics(make_topic)
+    state, config = prepare(
+        kafka_bootstrap,
+        topics,
+        doc_msgs,
+        event_msgs,
+        tmp_path,
+        client,
+        "at_least_once",
+        kafka=SLOW_POLLS,
+    )
+    log = tmp_path / "service.log"
+    proc = start(config, log)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((checkpoint_meta(state) or {}).get("events", 0) > 100):
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+    finally:
+        assert stop(proc) == 0, log.read_text()[-3000:]
+    text = config.read_text()
+    assert "guarantee: at_least_once" in text
+    config.write_text(text.replace("guarantee: at_least_once", "guarantee: exactly_once"))
+    proc = start(config, log)
+    try:
+        wait_until_done(config, len(event_msgs), proc)
+    finally:
+        assert stop(proc) == 0, log.read_text()[-3000:]
+    assert "migrating the at_least_once checkpoint" in log.read_text()
+    check_same_as_replay(kafka_bootstrap, topics, config, replay_engine, replay_sink)
+
+
+def test_an_empty_changelog_beside_committed_offsets_is_refused(
+    kafka_bootstrap, make_topic, tmp_path, client
+):
+    """The changelog topics are gone but the group's offsets say input was consumed: starting
+    empty from those offsets would lose the state silently. The service refuses (exit 1) and
+    says how to rebuild from the input."""
+    import subprocess
+    import sys
+
+    from kafka import KafkaConsumer
+    from kafka import TopicPartition as KafkaTopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    topics = make_topics(make_topic)
+    produce(kafka_bootstrap, topics["docs"], [b"{}"] * 5)
+    config = write_config(tmp_path / "c.yaml", kafka_bootstrap, topics, tmp_path / "state", client)
+    group = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=f"g-{topics['updates']}")
+    group.commit({KafkaTopicPartition(topics["docs"], 0): OffsetAndMetadata(5, "", -1)})
+    group.close()
+    run = subprocess.run(
+        [sys.executable, "-m", "stream_nudge", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 1, output[-3000:]
+    assert "Refusing to start on empty state" in output and "--reset-offsets" in output
+
+
 def test_a_checkpoint_failing_in_a_rebalance_does_not_hold_the_rebalance(
     kafka_bootstrap, make_topic, scifact, tmp_path, client
 ):

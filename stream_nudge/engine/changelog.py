@@ -186,7 +186,7 @@ class ChangelogWriter:
     def __init__(self, engine: Engine, fresh: bool = False):
         self.engine = engine
         self._docs: DocumentTable | None = None
-        self._marks = (0, 0, 0)
+        self._marks = (0, 0, 0)  # in the table's three change logs: what was written
         self._window = None  # a copy of the window as written: arrays, query ids, answers
         self._queries: dict[str, tuple[int, tuple]] = {}  # id -> (generation, entry) written
         self._generation = 0
@@ -249,28 +249,31 @@ class ChangelogWriter:
         self._backlog |= rows
 
     def _documents(self, docs: DocumentTable, out: list[Record]) -> None:
-        if docs is not self._docs:
-            self._docs, self._marks = docs, (0, 0, 0)
         changes, originals, published = docs.changes, docs.originals_log, docs.published_log
-        changed_mark, originals_mark, published_mark = self._marks
-        try:
+        if docs is not self._docs:
+            # A table this writer has not seen: nothing of it was written (or, for a writer
+            # that starts from what the changelog holds, the call's records are dropped), so
+            # all of it, whatever its change logs say (a restored table's say nothing).
+            self._docs = docs
+            deleted: list[str] = []
+            new = np.flatnonzero(docs.alive[: docs.n_rows])
+            rows = new
+        else:
+            changed_mark, originals_mark, published_mark = self._marks
             deleted = changes.deleted_since(changed_mark)
-        except LookupError:
-            if changed_mark:
-                raise
-            deleted = []  # a table new since the last call: nothing of it was written
+            new = originals.since(originals_mark)
+            rows = np.union1d(changes.since(changed_mark), published.since(published_mark))
         for doc_id in dict.fromkeys(deleted):
             key = doc_id.encode()
             out.append(Record(DOCUMENTS, key, None))
             out.append(Record(SUMS, key, None))
-        for row in originals.since(originals_mark).tolist():
+        for row in new.tolist():
             if docs.alive[row]:
                 out.append(
                     Record(
                         DOCUMENTS, docs.ids[row].encode(), encode_original(row, docs.originals[row])
                     )
                 )
-        rows = np.union1d(changes.since(changed_mark), published.since(published_mark))
         rows = rows[docs.alive[rows] & (docs.slot_of[rows] >= 0)]
         for row in rows.tolist():
             out.append(Record(SUMS, docs.ids[row].encode(), encode_sum(docs.document(row))))

@@ -87,9 +87,10 @@ def write_changelog(producer: Producer, topics: dict[str, str], records: list[Re
 
 def read_changelog(
     config: Config, progress_seconds: float = 5.0, timeout_s: float = 600.0
-) -> tuple[Engine, dict[TopicPartition, int]]:
-    """The engine the changelog topics hold (a new one when they are empty), and the offsets read
-    up to. ChangelogError, naming topic, partition and offset, for a record that does not decode."""
+) -> tuple[Engine, int]:
+    """The engine the changelog topics hold (a new one when they hold no committed record), and
+    how many records were read. ChangelogError, naming topic, partition and offset, for a record
+    that does not decode."""
     topics = changelog_topics(config)
     store_of = {topic: store for store, topic in topics.items()}
     admin = make_admin(config)
@@ -99,7 +100,7 @@ def read_changelog(
         admin.close()
     tps = [TopicPartition(t, p) for t in topics.values() for p in range(existing.get(t, 0))]
     if not tps:
-        return Engine(config), {}
+        return Engine(config), 0
     consumer = make_consumer(config, group_id=f"{config.kafka.group_id}-restore")
     records: list[Record] = []
     where: dict[tuple[str, bytes], str] = {}
@@ -143,4 +144,4 @@ def read_changelog(
         len(records),
         time.monotonic() - started,
     )
-    return engine, ends
+    return engine, len(records)

@@ -286,20 +286,24 @@ class KafkaProducer:
             self._failures.append(err)
 
     def send(self, topic, key, value, headers) -> None:
-        while True:
-            try:
-                self._producer.produce(
-                    topic, value=value, key=key, headers=headers, on_delivery=self._delivered
-                )
-                break
-            except BufferError:  # the local queue is full: let deliveries drain it
-                self._producer.poll(0.1)
-            except ck.KafkaException as exc:
-                raise self._error(exc) from exc
-        self._producer.poll(0)
+        try:
+            while True:
+                try:
+                    self._producer.produce(
+                        topic, value=value, key=key, headers=headers, on_delivery=self._delivered
+                    )
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain it
+                    self._producer.poll(0.1)
+            self._producer.poll(0)
+        except ck.KafkaException as exc:  # also from poll: a fatal error is raised there
+            raise self._error(exc) from exc
 
     def flush(self, timeout_s: float | None = None) -> None:
-        left = self._producer.flush(-1 if timeout_s is None else timeout_s)
+        try:
+            left = self._producer.flush(-1 if timeout_s is None else timeout_s)
+        except ck.KafkaException as exc:  # a fatal error is raised from the callbacks' queue
+            raise self._error(exc) from exc
         if self._failures:
             first, self._failures = self._failures[0], []
             raise self._error(first)

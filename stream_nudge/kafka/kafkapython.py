@@ -214,6 +214,24 @@ class _MemoPartitioner(DefaultPartitioner):
         return found
 
 
+def _no_stealing(manager) -> None:
+    """kafka-python, its epoch bump refused as stale (INVALID_PRODUCER_EPOCH: another producer
+    took over the transactional id), falls back to a new producer id for the same transactional
+    id, which fences that other producer in turn: a zombie taking the work back from the member
+    that replaced it. The Java client, and librdkafka, count that refusal as fenced, fatally;
+    so do we, on this producer's transaction manager (a private method of kafka-python 3.x)."""
+    from kafka.producer.transaction_manager import TransactionState
+
+    def fenced(_transaction_timeout_ms, result):
+        # Called with the manager's lock held (a reentrant Condition).
+        fence = errors.ProducerFencedError()
+        manager._transition_to(TransactionState.FATAL_ERROR, error=fence)
+        result.done(error=fence)
+
+    if hasattr(manager, "_restart_epoch_bump_without_producer_id"):
+        manager._restart_epoch_bump_without_producer_id = fenced
+
+
 class KafkaProducer:
     """:class:`~stream_nudge.kafka.client.Producer` on kafka.KafkaProducer: idempotent, acks=all;
     transactional when given a ``transactional_id``."""
@@ -250,9 +268,10 @@ class KafkaProducer:
         try:
             self._producer = kafka.KafkaProducer(**settings)
             if transactional_id is not None:
+                _no_stealing(self._producer._transaction_manager)
                 self._producer.init_transactions()
         except (errors.KafkaError, ValueError, TypeError, AssertionError) as exc:
-            raise _error(exc) from exc
+            raise self._error(exc) from exc
         self._failures: list[BaseException] = []
 
     def _failed(self, exc) -> None:
@@ -262,23 +281,23 @@ class KafkaProducer:
         try:
             future = self._producer.send(topic, key=key, value=value, headers=headers)
         except errors.KafkaError as exc:
-            raise _error(exc) from exc
+            raise self._error(exc) from exc
         future.add_errback(self._failed)
 
     def flush(self, timeout_s: float | None = None) -> None:
         try:
             self._producer.flush(timeout=timeout_s)
         except errors.KafkaError as exc:
-            raise _error(exc) from exc
+            raise self._error(exc) from exc
         if self._failures:
             first, self._failures = self._failures[0], []
-            raise _error(first)
+            raise self._error(first)
 
     def begin(self) -> None:
         try:
             self._producer.begin_transaction()
         except errors.KafkaError as exc:
-            raise _error(exc) from exc
+            raise self._error(exc) from exc
 
     def commit(self, offsets: dict[TopicPartition, int], group_metadata: object) -> None:
         chosen = {_theirs(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
@@ -291,15 +310,33 @@ class KafkaProducer:
                 )
             self._bounded(manager.begin_commit(), "committing the transaction")
         except errors.KafkaError as exc:
-            raise _error(exc) from exc
+            raise self._error(exc) from exc
 
     def abort(self) -> None:
         try:
             self._bounded(self._producer._transaction_manager.begin_abort(), "aborting")
         except errors.KafkaError as exc:
-            raise _error(exc) from exc
+            raise self._error(exc) from exc
         finally:
             self._failures = []
+
+    def _error(self, exc: BaseException) -> ClientError:
+        """As :func:`_error`; any failure once the transactional producer was fenced (kafka-python
+        then answers calls with IllegalStateError or KafkaError) counts as fenced."""
+        out = _error(exc)
+        manager = (
+            getattr(self._producer, "_transaction_manager", None)
+            if hasattr(self, "_producer")
+            else None
+        )
+        if (
+            not out.fenced
+            and manager is not None
+            and manager.has_fatal_error()
+            and isinstance(manager.last_error, errors.ProducerFencedError)
+        ):
+            out = ClientError(f"{out} (ProducerFencedError)", out.configuration, fenced=True)
+        return out
 
     def _bounded(self, result, what: str) -> None:
         """kafka-python's transactional calls, with a bound on the wait they do not have: its
