@@ -10,6 +10,11 @@ records (``ChangelogWriter.records``: the encoding the loop does before handing 
 producer). The baseline, in the same run: one checkpoint of the same engine as every commit wrote
 it before the changelog (``Engine.to_state`` and ``CheckpointStore.save``).
 
+Restore (``--restore``): an engine rebuilt from the whole state's records
+(``engine_from_records``: decoding and placing every record, in memory), next to reading the
+state's raw arrays from disk (``np.load`` of the originals, sums, published vectors and clicks:
+the baseline). Reading the records from the changelog topics is not in it (the broker's part).
+
 Not measured here: the producer's sends and the transaction's commit (the Kafka benchmark's).
 """
 
@@ -28,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stream_nudge.checkpoint import CheckpointStore
 from stream_nudge.config import load_config
 from stream_nudge.engine import Engine
-from stream_nudge.engine.changelog import ChangelogWriter
+from stream_nudge.engine.changelog import ChangelogWriter, engine_from_records
 from stream_nudge.messages import Record
 
 
@@ -67,6 +72,29 @@ def _doc(doc_id: str, vector: np.ndarray) -> bytes:
     return orjson.dumps({"op": "upsert", "id": doc_id, "embedding": vector.tolist()})
 
 
+def restore(engine: Engine, records) -> None:
+    """The engine from its records, against reading its raw arrays from disk."""
+    with tempfile.TemporaryDirectory() as folder:
+        arrays, _ = engine.to_state()
+        raw = {name: arrays[name] for name in ("originals", "sums", "published", "clicks")}
+        for name, array in raw.items():
+            np.save(Path(folder) / f"{name}.npy", array)
+        size = sum(a.nbytes for a in raw.values())
+        del arrays, raw
+        started = time.perf_counter()
+        for name in ("originals", "sums", "published", "clicks"):
+            np.load(Path(folder) / f"{name}.npy")
+        baseline = time.perf_counter() - started
+    started = time.perf_counter()
+    rebuilt = engine_from_records(engine.params, records)
+    took = time.perf_counter() - started
+    assert len(rebuilt.docs) == len(engine.docs)
+    print(
+        f"restore from the records: {took:.2f} s; reading the raw arrays ({size / 1e6:,.0f} MB) "
+        f"from disk: {baseline:.2f} s -> {took / baseline:.1f}x"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=1_000_000)
@@ -74,6 +102,7 @@ def main() -> None:
     parser.add_argument("--nudged", type=float, default=0.02)
     parser.add_argument("--shares", default="0.001,0.01,0.1")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--restore", action="store_true", help="also time a restore")
     args = parser.parse_args()
     print(f"building {args.docs:,} x {args.dim} documents, {args.nudged:.0%} nudged")
     engine = build(args.docs, args.dim, args.nudged)
@@ -96,6 +125,8 @@ def main() -> None:
     print(
         f"the whole state as records (a new changelog): {dump:.2f} s, {dumped / 1e6:,.0f} MB, {len(everything):,} records"
     )
+    if args.restore:
+        restore(engine, everything)
     del everything
 
     for share in [float(s) for s in args.shares.split(",")]:

@@ -391,7 +391,7 @@ def throughput(
     return out
 
 
-def latency(bootstrap, n_docs, dim, rate, seconds, guarantee="exactly_once"):
+def latency(bootstrap, n_docs, dim, rate, seconds, guarantee="exactly_once", commit_ms=1000):
     """The real service (``stream-nudge run`` in its own process) under an offered load."""
     import tempfile
 
@@ -415,7 +415,7 @@ def latency(bootstrap, n_docs, dim, rate, seconds, guarantee="exactly_once"):
         "gamma": {"every_events": 0, "every_seconds": 0},
         "validation": {"fraction": 0.3},
         "checkpoint": {"directory": str(folder / "state"), "every_seconds": 60},
-        "processing": {"guarantee": guarantee},
+        "processing": {"guarantee": guarantee, "commit_interval_ms": commit_ms},
         "metrics": {"port": 0},
         "service": {"idle_select_seconds": 1.0},
     }
@@ -512,8 +512,9 @@ def latency(bootstrap, n_docs, dim, rate, seconds, guarantee="exactly_once"):
         "p99_ms": float(np.percentile(lat, 99)),
     }
     out["guarantee"] = guarantee
+    out["commit_interval_ms"] = commit_ms
     print(
-        f"latency ({guarantee}) at {offered:,.0f} events/s offered: p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms "
+        f"latency ({guarantee}, commits every {commit_ms} ms) at {offered:,.0f} events/s offered: p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms "
         f"({out['matched']} clicks matched to updates)"
     )
     return out
@@ -552,6 +553,12 @@ def main(argv=None):
         default="exactly_once",
         help="the pipeline's processing guarantee (the service's default: exactly_once)",
     )
+    p.add_argument(
+        "--commit-interval-ms",
+        type=int,
+        default=1000,
+        help="the latency run's processing.commit_interval_ms (exactly_once)",
+    )
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
     env = None
@@ -584,7 +591,13 @@ def main(argv=None):
         if a.only in (None, "latency"):
             for guarantee in guarantees:
                 results[f"latency_{guarantee}"] = latency(
-                    bootstrap, a.latency_docs, a.dim, a.rate, a.seconds, guarantee
+                    bootstrap,
+                    a.latency_docs,
+                    a.dim,
+                    a.rate,
+                    a.seconds,
+                    guarantee,
+                    a.commit_interval_ms,
                 )
     finally:
         if env is not None:
