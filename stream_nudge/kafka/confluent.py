@@ -215,6 +215,21 @@ class KafkaConsumer:
         self._consumer.close()
 
 
+class _Watch:
+    """librdkafka's log lines, passed on to this module's logger; the first FATAL one is kept
+    (a fatal error is always logged, but a call made after it may only raise "_FATAL", or a
+    SystemError from a callback)."""
+
+    def __init__(self):
+        self.fatal: str | None = None
+
+    def log(self, level, msg, *args, **kwargs):
+        log.log(level, msg, *args, **kwargs)
+        text = msg % args if args else str(msg)
+        if self.fatal is None and text.startswith("FATAL "):
+            self.fatal = text
+
+
 class KafkaProducer:
     """:class:`~stream_nudge.kafka.client.Producer` on confluent_kafka.Producer: idempotent,
     acks=all; transactional when given a ``transactional_id``."""
@@ -251,8 +266,9 @@ class KafkaProducer:
             conf["transactional.id"] = transactional_id
             conf["transaction.timeout.ms"] = transaction_timeout_ms
         self._transactional = transactional_id is not None
+        self._watch = _Watch()
         try:
-            self._producer = ck.Producer(conf, logger=log)
+            self._producer = ck.Producer(conf, logger=self._watch)
             if transactional_id is not None:
                 self._producer.init_transactions(60.0)
         except (ck.KafkaException, ValueError, TypeError) as exc:
@@ -265,17 +281,21 @@ class KafkaProducer:
         rarely raises) counts as fenced: such a producer can never commit again, and the most
         common cause by far is a newer member with the same transactional id. Restarting would
         fence that member in turn."""
+        # A fatal error raised while librdkafka serves a delivery callback surfaces as a
+        # SystemError caused by the KafkaException: report that one.
+        while isinstance(exc, SystemError) and (exc.__cause__ or exc.__context__) is not None:
+            exc = exc.__cause__ or exc.__context__
         out = _error(exc)
         err = exc.args[0] if exc.args and isinstance(exc.args[0], ck.KafkaError) else exc
-        if (
-            self._transactional
-            and not out.fenced
-            and isinstance(err, ck.KafkaError)
-            and (err.fatal() or err.code() == ck.KafkaError._FATAL)
-        ):
+        fatal = isinstance(err, ck.KafkaError) and (
+            err.fatal() or err.code() == ck.KafkaError._FATAL
+        )
+        # Whatever the call raised, librdkafka logged its fatal error (see _Watch).
+        if self._transactional and not out.fenced and (fatal or self._watch.fatal is not None):
             out = ClientError(
-                f"{out} (a fatal error of the transactional producer: see the FATAL line logged "
-                "before; most often another member took over its transactional id)",
+                f"{out} (a fatal error of the transactional producer: "
+                f"{self._watch.fatal or 'see the FATAL line logged before'}; most often another "
+                "member took over its transactional id)",
                 out.configuration,
                 fenced=True,
             )
@@ -296,13 +316,13 @@ class KafkaProducer:
                 except BufferError:  # the local queue is full: let deliveries drain it
                     self._producer.poll(0.1)
             self._producer.poll(0)
-        except ck.KafkaException as exc:  # also from poll: a fatal error is raised there
+        except (ck.KafkaException, SystemError) as exc:  # also from poll: fatal errors
             raise self._error(exc) from exc
 
     def flush(self, timeout_s: float | None = None) -> None:
         try:
             left = self._producer.flush(-1 if timeout_s is None else timeout_s)
-        except ck.KafkaException as exc:  # a fatal error is raised from the callbacks' queue
+        except (ck.KafkaException, SystemError) as exc:  # fatal errors, from the callbacks
             raise self._error(exc) from exc
         if self._failures:
             first, self._failures = self._failures[0], []
