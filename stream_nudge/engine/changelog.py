@@ -168,13 +168,6 @@ def _unpack(value: bytes, what: str):
     return head, memoryview(value)[5 + size :]
 
 
-def _floats(data, count: int, dtype: str, what: str) -> np.ndarray:
-    size = count * np.dtype(dtype).itemsize
-    if len(data) != size:
-        raise ChangelogError(f"{what}: {len(data)} bytes of arrays, expected {size}")
-    return np.frombuffer(data, dtype=dtype).copy()
-
-
 # --- the writer ---------------------------------------------------------------------------------
 
 
