@@ -7,6 +7,7 @@ checked by the crc32c package when it is installed (a dependency of ours).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 
 import kafka
@@ -329,6 +330,13 @@ class KafkaProducer:
             if hasattr(self, "_producer")
             else None
         )
+        if not out.fenced and manager is not None and manager.is_bumping_epoch():
+            # A call refused while kafka-python bumps the epoch (KIP-360): the bump's outcome
+            # says whether we were fenced (see _no_stealing); restarting before it would take
+            # the transactional id back from the member that fenced us.
+            deadline = time.monotonic() + self._wait_s
+            while manager.is_bumping_epoch() and time.monotonic() < deadline:
+                time.sleep(0.05)
         if (
             not out.fenced
             and manager is not None
