@@ -203,6 +203,10 @@ class ProcessingConfig:
     #: (updates become visible to read_committed readers at a commit).
     commit_interval_ms: int = 1000
     commit_records: int = 50_000
+    #: exactly_once: refresh the member's local cache of the changelog (a file in
+    #: checkpoint.directory; a restart reads it, then only the changelog's tail) this often, in
+    #: a thread of its own (0: no local cache; a restart reads the whole changelog).
+    cache_interval_ms: int = 60_000
     #: exactly_once: the producer's transactional id (empty: the group id followed by -txn). A
     #: member that starts with it fences the one that had it before.
     transactional_id: str = ""
@@ -444,6 +448,8 @@ def _check(c: Config) -> None:
         fail("processing.commit_interval_ms", "must be >= 1")
     if c.processing.commit_records < 1:
         fail("processing.commit_records", "must be >= 1")
+    if c.processing.cache_interval_ms < 0:
+        fail("processing.cache_interval_ms", "must be >= 0 (0: no local cache)")
     if not 0 <= c.metrics.port <= 65535:
         fail("metrics.port", "must be between 0 (off) and 65535")
     if c.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

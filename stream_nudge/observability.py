@@ -68,6 +68,22 @@ class Metrics:
             buckets=(0, 1, 10, 100, 1_000, 10_000, 100_000, 1_000_000),
             registry=r,
         )
+        self.restore_records = Gauge(
+            "stream_nudge_restore_records_read",
+            "exactly_once: changelog records read by the current (or last) restore",
+            registry=r,
+        )
+        self.changelog_lag = Gauge(
+            "stream_nudge_changelog_lag",
+            "exactly_once: changelog records still to read before the member consumes (0 once "
+            "restored)",
+            registry=r,
+        )
+        self.cache_seconds = Histogram(
+            "stream_nudge_cache_refresh_duration_seconds",
+            "exactly_once: time to write a refresh of the local cache (in its own thread)",
+            registry=r,
+        )
         self.reselection_seconds = Histogram(
             "stream_nudge_reselection_duration_seconds", "Time to re-select gamma", registry=r
         )

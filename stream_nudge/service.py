@@ -32,6 +32,7 @@ import logging
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from stream_nudge.checkpoint import CheckpointError, CheckpointStore, StateDirectoryError
 from stream_nudge.config import Config
@@ -51,6 +52,8 @@ from stream_nudge.kafka import (
     last_generation,
     read_changelog,
 )
+from stream_nudge.kafka.cache import CacheRefresher, LocalCache
+from stream_nudge.kafka.changelog import CHANGELOG_CONFIG, Restored
 from stream_nudge.kafka.common import make_producer
 from stream_nudge.loop import run
 from stream_nudge.observability import Metrics
@@ -59,6 +62,10 @@ from stream_nudge.sinks import Sink
 __all__ = ["Service"]
 
 log = logging.getLogger(__name__)
+
+# A local cache older than half the time the changelog keeps tombstones is not used: a deletion
+# whose tombstone compaction removed would be missed.
+CACHE_MAX_AGE_S = int(CHANGELOG_CONFIG["delete.retention.ms"]) / 1000.0 / 2
 
 
 class _Restart(Exception):
@@ -139,11 +146,13 @@ class Service:
             return 1
         backoff = 0.5
         saved = True
+        finished = False  # the loop returned: the final commit or checkpoint was made
         while not self.stop_requested:
             try:
                 self._connect()
                 backoff = 0.5
                 self._loop()  # returns once stopped, after the final checkpoint
+                finished = True
             except (StateDirectoryError, ChangelogError, CheckpointError) as exc:
                 # Not Kafka trouble: going back to the last checkpoint and reading again would
                 # only fail the same way, forever, while looking alive. Stop, unhealthy, loudly.
@@ -201,7 +210,7 @@ class Service:
                 except (CheckpointError, ValueError) as err:
                     log.error("cannot restore the checkpoint: %s", err)
                     return 1
-        self._disconnect()
+        self._disconnect(finished)
         self.metrics.close()
         log.info("stopped")
         return 0 if saved else 1
@@ -249,39 +258,67 @@ class Service:
 
     def _connect_transactional(self) -> None:
         """Fence a previous member (the producer's transactions start), rebuild the engine from
-        the changelog, and read the input from the group's committed offsets."""
+        the local cache and the changelog, and read the input from the group's committed
+        offsets."""
         c = self.config
         topics = ensure_changelog(c)
         txn = c.processing.transactional_id or f"{c.kafka.group_id}-txn"
         producer = make_producer(c, transactional_id=txn)
+        p = c.processing
+        cache = None
+        if p.cache_interval_ms > 0:
+            cache = LocalCache(c.checkpoint.directory, topics, max_age_s=CACHE_MAX_AGE_S)
         try:
-            self.engine, self.offsets, fresh = restore_transactional(c, self.store)
+            restored, self.offsets = restore_transactional(c, self.store, cache, self._restoring)
         except BaseException:
             producer.close()
             raise
-        e = self.engine
+        self.engine = e = restored.engine
+        refresher = None
+        if cache is not None:
+            refresher = CacheRefresher(cache, p.cache_interval_ms / 1000.0, self._cache_written)
+            # What the cache lacks (all of it, after a wiped disk), written in the background.
+            refresher.add(restored.records)
+            refresher.refresh(restored.ends)
         self.sink = KafkaSink(c, producer)
         self.source = KafkaSource(c, self.offsets, on_revoke=self.commit)
-        p = c.processing
         self.committer = TransactionalCommitter(
             producer,
             self.source,
-            ChangelogWriter(e, fresh=fresh),
+            ChangelogWriter(e, fresh=restored.empty),
             topics,
             p.commit_interval_ms / 1000.0,
             p.commit_records,
             on_commit=self._committed,
+            cache=refresher,
+            changelog_partitions=list(restored.ends),
         )
         log.info(
             "connected to %s (exactly once, transactional id %s)", c.kafka.bootstrap_servers, txn
         )
+
+    def _restoring(self, read: int, left: int) -> None:
+        self.metrics.tick()  # a long restore is work, not a hang
+        self.metrics.restore_records.set(read)
+        self.metrics.changelog_lag.set(left)
+
+    def _cache_written(self, seconds: float, _records: int) -> None:
+        self.metrics.cache_seconds.observe(seconds)
 
     def _committed(self, seconds: float, records: int) -> None:
         self.metrics.commit_seconds.observe(seconds)
         self.metrics.commit_records.observe(records)
         self.metrics.last_checkpoint = time.time()
 
-    def _disconnect(self) -> None:
+    def _disconnect(self, finished: bool = False) -> None:
+        """Close the clients; wait for the local cache's write under way (after the final commit
+        of a clean stop (``finished``), with all that was committed: the next start reads no
+        tail)."""
+        if self.committer is not None:
+            try:
+                self.committer.close(refresh=finished)
+            except Exception as exc:  # the cache is only a cache: the changelog has it all
+                log.warning("the local cache was not refreshed at the stop: %s", exc)
         for edge in (self.source, self.sink):
             if edge is not None:
                 try:
@@ -352,27 +389,36 @@ class Service:
         log.debug("checkpoint written (%d events)", self.engine.events)
 
 
-def restore_transactional(config: Config, store: CheckpointStore) -> tuple[Engine, dict, bool]:
-    """Exactly once's engine and input offsets: the changelog's and the group's committed ones.
+def restore_transactional(
+    config: Config,
+    store: CheckpointStore,
+    cache: LocalCache | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Restored, dict]:
+    """Exactly once's engine and input offsets: the changelog's (read after the local ``cache``,
+    if any) and the group's committed ones.
 
     An empty changelog beside a checkpoint of at_least_once (in the same state directory) is
     that checkpoint, migrated: the first commit writes all of it into the changelog, with its
     offsets. An empty changelog while the group has committed offsets is refused (the state
-    that goes with them is gone). Returns the engine, the offsets, and whether the changelog
-    holds none of the engine's state yet (its writer starts fresh).
+    that goes with them is gone).
     """
-    engine, records = read_changelog(config)
+    restored = read_changelog(config, cache, progress)
     crash_point("restore")
     offsets = committed_offsets(config)
-    if records:
+    engine = restored.engine
+    if not restored.empty:
         log.info(
-            "restored from the changelog: %d events, %d documents, gamma %.6g, generation %d",
+            "restored from the changelog: %d records from the local cache, %d from the topics; "
+            "%d events, %d documents, gamma %.6g, generation %d",
+            restored.cached,
+            restored.read,
             engine.events,
             len(engine.docs) if engine.docs else 0,
             engine.gamma,
             engine.generation,
         )
-        return engine, offsets, False
+        return restored, offsets
     checkpoint = store.load()
     if checkpoint is not None:
         engine = restore(config, checkpoint.arrays, checkpoint.meta)
@@ -384,7 +430,7 @@ def restore_transactional(config: Config, store: CheckpointStore) -> tuple[Engin
             checkpoint.path,
             engine.events,
         )
-        return engine, checkpoint.offsets, True
+        return restored._replace(engine=engine), checkpoint.offsets
     if offsets:
         raise ChangelogError(
             f"the changelog topics are empty, but the group {config.kafka.group_id!r} has "
@@ -394,4 +440,4 @@ def restore_transactional(config: Config, store: CheckpointStore) -> tuple[Engin
             "--group <group> --reset-offsets --to-earliest --all-topics --execute)."
         )
     log.info("restored from the changelog: it is empty, starting from the beginning")
-    return engine, offsets, True
+    return restored, offsets

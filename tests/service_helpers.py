@@ -97,7 +97,7 @@ def committed_engine(config_path: Path):
     from stream_nudge.engine.changelog import ChangelogError
 
     try:
-        engine, _ = read_changelog(config)
+        engine = read_changelog(config).engine
     except ChangelogError:
         # Read while the service commits: the topics' ends were taken a moment apart, and a
         # transaction committed in between is in one topic and not yet in another. Read again.

@@ -5,6 +5,7 @@ refused with its topic, partition and offset."""
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 
 import pytest
@@ -14,13 +15,14 @@ from test_checkpoint import OVERRIDES, stream
 from stream_nudge.config import load_config
 from stream_nudge.engine import Engine
 from stream_nudge.engine.changelog import DOCUMENTS, ENGINE, ChangelogError, ChangelogWriter
+from stream_nudge.kafka.cache import CacheRefresher, LocalCache
 from stream_nudge.kafka.changelog import (
     changelog_topics,
     ensure_changelog,
     read_changelog,
     write_changelog,
 )
-from stream_nudge.kafka.common import make_admin, make_producer
+from stream_nudge.kafka.common import make_admin, make_consumer, make_producer
 
 pytestmark = pytest.mark.kafka
 
@@ -72,19 +74,19 @@ def test_the_changelog_written_in_transactions_rebuilds_the_engine(
                 producer.abort()
     finally:
         producer.close()
-    rebuilt, count = read_changelog(config)
-    assert canonical(rebuilt) == canonical(engine)
-    assert count > 0
+    restored = read_changelog(config)
+    assert canonical(restored.engine) == canonical(engine)
+    assert restored.read > 0 and restored.cached == 0
 
 
 @pytest.mark.parametrize("client", CLIENTS)
 def test_an_empty_or_missing_changelog_is_a_new_engine(kafka_bootstrap, make_topic, client):
     config = _config(kafka_bootstrap, client, make_topic("docs"))
-    engine, count = read_changelog(config)  # no topics at all
-    assert engine.docs is None and count == 0
+    restored = read_changelog(config)  # no topics at all
+    assert restored.engine.docs is None and restored.empty
     ensure_changelog(config)
-    engine, count = read_changelog(config)  # topics, no records
-    assert engine.docs is None and count == 0
+    restored = read_changelog(config)  # topics, no records
+    assert restored.engine.docs is None and restored.empty
 
 
 def test_a_record_that_does_not_decode_is_named_by_topic_partition_and_offset(
@@ -119,3 +121,57 @@ def test_changelog_topics_with_other_partitions_than_the_docs_topic_are_refused(
         admin.close()
     with pytest.raises(ChangelogError, match="has 5 partitions, expected 2"):
         ensure_changelog(config)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_restart_reads_the_local_cache_then_only_the_changelog_tail(
+    kafka_bootstrap, make_topic, tmp_path, client
+):
+    """Commits in transactions; the local cache refreshed after some of them with the end
+    offsets read right after the commit (as the committer does); more commits. The cache and
+    the tail rebuild the engine the whole changelog does, reading only the tail."""
+    config = _config(kafka_bootstrap, client, make_topic("docs", partitions=2))
+    topics = ensure_changelog(config)
+    engine = Engine(config)
+    writer = ChangelogWriter(engine, fresh=True)
+    producer = make_producer(config, transactional_id=f"{config.kafka.group_id}-0")
+    consumer = make_consumer(config, group_id=f"{config.kafka.group_id}-ends")
+    cache = LocalCache(tmp_path, topics, max_age_s=3600)
+    refresher = CacheRefresher(cache, interval_s=0.0)
+    whole = read_changelog(config)  # the topics exist, empty: the partitions
+    partitions = list(whole.ends)
+    recs = stream()
+    after = 0  # changelog records committed after the last refresh
+    try:
+        for i in range(0, len(recs), 5):
+            engine.process(recs[i : i + 5])
+            records = writer.records()
+            producer.begin()
+            write_changelog(producer, topics, records)
+            producer.commit({}, None)
+            refresher.add(records)
+            after += len(records)
+            if i < len(recs) * 2 // 3:
+                refresher.close()
+                refresher.refresh(consumer.end_offsets(partitions))
+                after = 0
+    finally:
+        producer.close()
+        consumer.close()
+    refresher.close()
+    restored = read_changelog(config, cache)
+    assert canonical(restored.engine) == canonical(engine)
+    assert restored.cached > 0 and restored.read == after > 0
+    assert canonical(read_changelog(config).engine) == canonical(engine)
+
+    # A cache that does not fit the changelog's records (here: a sums record whose document it
+    # lost) is set aside and cleared; the whole changelog is read.
+    with sqlite3.connect(cache.path) as db:
+        db.execute("DELETE FROM records WHERE store = 'documents'")
+    restored = read_changelog(config, cache)
+    assert restored.cached == 0 and restored.read == whole_count(config)
+    assert canonical(restored.engine) == canonical(engine)
+
+
+def whole_count(config) -> int:
+    return read_changelog(config).read

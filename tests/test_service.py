@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import time
 
@@ -168,8 +169,8 @@ def test_service_end_to_end_equals_replay(
 def test_sigterm_and_sigkill_mid_stream_then_restart_gives_the_same_result(
     kafka_bootstrap, make_topic, scifact, tmp_path, client, guarantee
 ):
-    """Exactly once, the state directory is also wiped before every restart: the member
-    restores from the changelog alone."""
+    """Exactly once, the state directory is also wiped before every other restart: the member
+    restores from the changelog alone, or from its local cache and the changelog's tail."""
     import shutil
 
     doc_msgs, event_msgs, replay_engine, replay_sink = scifact
@@ -183,7 +184,7 @@ def test_sigterm_and_sigkill_mid_stream_then_restart_gives_the_same_result(
         client,
         guarantee,
         kafka=SLOW_POLLS,
-        processing={"commit_interval_ms": 200},
+        processing={"commit_interval_ms": 200, "cache_interval_ms": 300},
     )
     log = tmp_path / "service.log"
     rng = random.Random(7)
@@ -201,7 +202,7 @@ def test_sigterm_and_sigkill_mid_stream_then_restart_gives_the_same_result(
         time.sleep(rng.uniform(0.5, 3.0))
         code = stop(proc, sig)
         assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), log.read_text()[-3000:]
-        if guarantee == "exactly_once":
+        if guarantee == "exactly_once" and i % 2:
             shutil.rmtree(state, ignore_errors=True)
     proc = start(config, log)
     try:
@@ -218,6 +219,15 @@ def test_sigterm_and_sigkill_mid_stream_then_restart_gives_the_same_result(
         "restored from the changelog: " if guarantee == "exactly_once" else "restored checkpoint"
     )
     assert text.count(restored) >= 5
+    if guarantee == "exactly_once":
+        cached = [
+            int(n)
+            for n in re.findall(
+                r"restored from the changelog: (\d+) records from the local cache", text
+            )
+        ]
+        assert max(cached) > 0, "no restart used the local cache"
+        assert "no local cache" in text  # and the wiped ones read the changelog alone
     check_same_as_replay(kafka_bootstrap, topics, config, replay_engine, replay_sink)
 
 

@@ -7,8 +7,9 @@ does (the same murmur2 partitioner); ``<changelog>-engine`` has one partition. A
 compacted: the latest record of each key is kept, tombstones a day (so that a reader that was
 behind still sees them).
 
-:func:`read_changelog` reads the three topics from their beginning to their end, as a
-``read_committed`` consumer outside any group, and rebuilds the engine from the records; a record
+:func:`read_changelog` reads the three topics to their end, as a ``read_committed`` consumer
+outside any group, from their beginning or from the offsets the member's local cache reflects
+(:mod:`stream_nudge.kafka.cache`, its records first), and rebuilds the engine; a record
 that does not decode stops it with a :class:`~stream_nudge.engine.changelog.ChangelogError`
 naming the topic, partition and offset (a member refuses to run on state it cannot read rather
 than start empty).
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 from stream_nudge.config import Config
 from stream_nudge.engine import Engine
@@ -30,10 +33,17 @@ from stream_nudge.engine.changelog import (
     Record,
     engine_from_records,
 )
+from stream_nudge.kafka.cache import LocalCache
 from stream_nudge.kafka.client import Admin, Producer, TopicPartition
 from stream_nudge.kafka.common import make_admin, make_consumer
 
-__all__ = ["changelog_topics", "ensure_changelog", "read_changelog", "write_changelog"]
+__all__ = [
+    "Restored",
+    "changelog_topics",
+    "ensure_changelog",
+    "read_changelog",
+    "write_changelog",
+]
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +95,42 @@ def write_changelog(producer: Producer, topics: dict[str, str], records: list[Re
         producer.send(topics[record.store], record.key, record.value, [])
 
 
+class Restored(NamedTuple):
+    """What :func:`read_changelog` gives: the engine; the records read from the changelog topics
+    (``records``, in order: what the local cache lacks), how many came from the local cache, and
+    the offsets the read ended at (what the engine reflects)."""
+
+    engine: Engine
+    records: list[Record]
+    cached: int
+    ends: dict[TopicPartition, int]
+
+    @property
+    def read(self) -> int:
+        """Records read from the topics."""
+        return len(self.records)
+
+    @property
+    def empty(self) -> bool:
+        """The changelog holds nothing (a new engine)."""
+        return not self.records and not self.cached
+
+
 def read_changelog(
-    config: Config, progress_seconds: float = 5.0, timeout_s: float = 600.0
-) -> tuple[Engine, int]:
-    """The engine the changelog topics hold (a new one when they hold no committed record), and
-    how many records were read. ChangelogError, naming topic, partition and offset, for a record
-    that does not decode."""
+    config: Config,
+    cache: LocalCache | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    progress_seconds: float = 5.0,
+    timeout_s: float = 600.0,
+) -> Restored:
+    """The engine the changelog topics hold (a new one when they hold no committed record).
+
+    With a ``cache``: its records, then the topics from the offsets it reflects (a cache that
+    cannot be used is cleared and the topics are read from their beginning). ``progress(read,
+    left)`` is called as records arrive. ChangelogError, naming topic, partition and offset, for
+    a record that does not decode.
+    """
     topics = changelog_topics(config)
-    store_of = {topic: store for store, topic in topics.items()}
     admin = make_admin(config)
     try:
         existing = admin.topics()
@@ -100,48 +138,73 @@ def read_changelog(
         admin.close()
     tps = [TopicPartition(t, p) for t in topics.values() for p in range(existing.get(t, 0))]
     if not tps:
-        return Engine(config), 0
+        if cache is not None:
+            cache.clear()
+        return Restored(Engine(config), [], 0, {})
     consumer = make_consumer(config, group_id=f"{config.kafka.group_id}-restore")
-    records: list[Record] = []
-    where: dict[tuple[str, bytes], str] = {}
     try:
         ends = consumer.end_offsets(tps)
-        consumer.assign({tp: 0 for tp in tps})
-        left = {tp for tp in tps if ends[tp] > 0}
-        total = sum(ends.values())
-        started = last_report = time.monotonic()
-        while left:
-            for m in consumer.poll(config.kafka.max_poll_records, 0.5):
-                if m.offset >= ends[TopicPartition(m.topic, m.partition)]:
-                    continue  # committed after the ends were taken: not part of this state
-                store = store_of[m.topic]
-                records.append(Record(store, m.key or b"", m.value))
-                where[(store, m.key or b"")] = (
-                    f"{m.topic} partition {m.partition} offset {m.offset}"
-                )
-            if left:
-                done = consumer.position(list(left))
-                left = {tp for tp in left if done[tp] < ends[tp]}
-            now = time.monotonic()
-            if now - last_report >= progress_seconds:
-                log.info(
-                    "restoring from the changelog: %d of about %d records", len(records), total
-                )
-                last_report = now
-            if now - started > timeout_s:
-                raise TimeoutError(
-                    f"could not read the changelog {sorted(topics.values())} within {timeout_s} s"
-                )
+        base = cache.load(ends) if cache is not None else None
+        if base is None and cache is not None:
+            cache.clear()
+        cached, starts = base if base is not None else ([], {tp: 0 for tp in tps})
+        records, where = _read(
+            consumer,
+            topics,
+            starts,
+            ends,
+            config.kafka.max_poll_records,
+            progress,
+            progress_seconds,
+            timeout_s,
+        )
     finally:
         consumer.close()
     try:
-        engine = engine_from_records(config, records)
+        engine = engine_from_records(config, cached + records)
     except ChangelogError as exc:
+        if cached:
+            # The cache's records with the tail do not make a state: the changelog decides.
+            log.warning("the local cache does not fit the changelog (%s): reading all of it", exc)
+            cache.clear()
+            return read_changelog(config, cache, progress, progress_seconds, timeout_s)
         place = where.get((exc.store, exc.key), f"the changelog {sorted(topics.values())}")
         raise ChangelogError(f"{place}: {exc}", exc.store, exc.key) from None
-    log.info(
-        "restored from the changelog: %d records in %.1f s",
-        len(records),
-        time.monotonic() - started,
-    )
-    return engine, len(records)
+    return Restored(engine, records, len(cached), ends)
+
+
+def _read(consumer, topics, starts, ends, batch, progress, progress_seconds, timeout_s):
+    """The records of each partition from ``starts`` to ``ends``, committed ones only, in
+    order, and where each key's last record was read (for error messages)."""
+    store_of = {topic: store for store, topic in topics.items()}
+    records: list[Record] = []
+    where: dict[tuple[str, bytes], str] = {}
+    consumer.assign(starts)
+    left = {tp for tp in ends if ends[tp] > starts.get(tp, 0)}
+    total = sum(max(0, ends[tp] - starts.get(tp, 0)) for tp in ends)
+    started = last_report = time.monotonic()
+    if progress is not None:
+        progress(0, total)
+    while left:
+        for m in consumer.poll(batch, 0.5):
+            if m.offset >= ends[TopicPartition(m.topic, m.partition)]:
+                continue  # committed after the ends were taken: not part of this state
+            store = store_of[m.topic]
+            records.append(Record(store, m.key or b"", m.value))
+            where[(store, m.key or b"")] = f"{m.topic} partition {m.partition} offset {m.offset}"
+        done = consumer.position(list(left))
+        left = {tp for tp in left if done[tp] < ends[tp]}
+        now = time.monotonic()
+        if progress is not None:
+            progress(len(records), sum(ends[tp] - done[tp] for tp in left))
+        if now - last_report >= progress_seconds:
+            log.info("restoring from the changelog: %d of about %d records", len(records), total)
+            last_report = now
+        if now - started > timeout_s:
+            raise TimeoutError(
+                f"could not read the changelog {sorted(topics.values())} within {timeout_s} s"
+            )
+    if progress is not None:
+        progress(len(records), 0)
+    log.info("read %d records of the changelog in %.1f s", len(records), time.monotonic() - started)
+    return records, where

@@ -10,6 +10,10 @@ After a failure nothing of the open transaction counts: the service aborts it (o
 member's producer does, fencing the old one), rebuilds the engine from the changelog and reads the
 input again from the committed offsets. So every input record is reflected once in the state and
 in the updates a ``read_committed`` reader sees, whatever the moment of a crash.
+
+The records of each commit, once committed, also go to the local cache's refresher
+(:mod:`stream_nudge.kafka.cache`), which writes them to disk in a thread of its own every
+``processing.cache_interval_ms``.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from collections.abc import Callable
 
 from stream_nudge.engine.changelog import ChangelogWriter
 from stream_nudge.faults import crash_point
+from stream_nudge.kafka.cache import CacheRefresher
 from stream_nudge.kafka.changelog import write_changelog
-from stream_nudge.kafka.client import Producer, TopicPartition
+from stream_nudge.kafka.client import ClientError, Producer, TopicPartition
 
 __all__ = ["TransactionalCommitter"]
 
@@ -40,8 +45,11 @@ class TransactionalCommitter:
         interval_s: float,
         max_records: int,
         on_commit: Callable[[float, int], None] | None = None,
+        cache: CacheRefresher | None = None,
+        changelog_partitions: list[TopicPartition] = (),
     ):
         self.producer, self.source, self.writer, self.topics = producer, source, writer, topics
+        self.cache, self.changelog_partitions = cache, list(changelog_partitions)
         self.interval_s, self.max_records = interval_s, max_records
         self.on_commit = on_commit
         self.last = time.monotonic()
@@ -81,6 +89,32 @@ class TransactionalCommitter:
         self.last = time.monotonic()
         self.uncommitted = 0
         self.commits += 1
+        if self.cache is not None:
+            self.cache.add(records)  # committed: the local cache may have them
+            if self.cache.due(self.last):
+                self.refresh_cache()
         if self.on_commit is not None:
             self.on_commit(self.last - started, len(records))
         log.debug("committed: %d changelog records, offsets %s", len(records), offsets)
+
+    def refresh_cache(self) -> None:
+        """Hand what was committed since the last refresh to the local cache's thread, with the
+        changelog's end offsets read now: right after a commit, before the next one sends any
+        changelog record, so that every later record lies at or above them."""
+        if self.cache is None or not self.changelog_partitions:
+            return
+        ends = self.source.consumer.end_offsets(self.changelog_partitions)
+        self.cache.refresh(ends)
+
+    def close(self, refresh: bool) -> None:
+        """Wait for the local cache's write under way; first hand it the last commits' records
+        when ``refresh`` (after the final commit of a clean stop)."""
+        if self.cache is None:
+            return
+        if refresh:
+            self.cache.close()  # the write under way, then this last one
+            try:
+                self.refresh_cache()
+            except ClientError as exc:
+                log.warning("could not refresh the local cache at the stop: %s", exc)
+        self.cache.close()
