@@ -8,14 +8,21 @@ records are not), ``commit:offsets`` (everything is in the transaction, it is no
 ``commit:committed`` (committed, the next transaction not begun) and ``restore`` (the changelog
 is read, the member has not started consuming). Unset (always, outside the tests) a point costs
 a comparison.
+
+``STREAM_NUDGE_STALL_AT=<point>:<n>:<seconds>`` makes it sleep there instead (logged first), so
+that a test can make something happen at that moment (a rebalance while a commit is under way).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import time
 
 __all__ = ["crash_point"]
+
+log = logging.getLogger(__name__)
 
 
 def _target() -> tuple[str, int] | None:
@@ -26,12 +33,29 @@ def _target() -> tuple[str, int] | None:
     return point, int(count)
 
 
+def _stall() -> tuple[str, int, float] | None:
+    value = os.environ.get("STREAM_NUDGE_STALL_AT", "")
+    rest, _, seconds = value.rpartition(":")
+    point, _, count = rest.rpartition(":")
+    try:
+        return (point, int(count), float(seconds)) if point else None
+    except ValueError:
+        return None
+
+
 _TARGET = _target()
+_STALL = _stall()
 _seen: dict[str, int] = {}
 
 
 def crash_point(name: str) -> None:
     """Kill this process here if ``STREAM_NUDGE_CRASH_AT`` names this point and this visit."""
+    if _STALL is not None and _STALL[0] == name:
+        _seen[name] = _seen.get(name, 0) + 1
+        if _seen[name] == _STALL[1]:
+            log.warning("stalling at %s for %.1f s (STREAM_NUDGE_STALL_AT)", name, _STALL[2])
+            time.sleep(_STALL[2])
+        return
     if _TARGET is None or _TARGET[0] != name:
         return
     _seen[name] = _seen.get(name, 0) + 1

@@ -270,6 +270,64 @@ def test_a_kill_at_each_step_of_a_commit_and_during_a_restore_changes_nothing(
     check_same_as_replay(kafka_bootstrap, topics, config, replay_engine, replay_sink)
 
 
+def test_a_rebalance_during_a_commit_loses_nothing_and_counts_nothing_twice(
+    kafka_bootstrap, make_topic, scifact, tmp_path, client
+):
+    """Exactly once. The service stalls inside a commit (its records and offsets are in the
+    transaction, not committed: stream_nudge.faults) while a consumer joins its group, so the
+    group rebalances during the commit; then, committing every 50 ms, consumers join and leave
+    while it works. A read_committed reader sees each generation once; the result and the sums
+    are the replay's."""
+    from kafka import KafkaConsumer
+
+    doc_msgs, event_msgs, replay_engine, replay_sink = scifact
+    topics = make_topics(make_topic)
+    _, config = prepare(
+        kafka_bootstrap,
+        topics,
+        doc_msgs,
+        event_msgs,
+        tmp_path,
+        client,
+        "exactly_once",
+        kafka=SLOW_POLLS,
+        processing={"commit_interval_ms": 50},
+    )
+    log = tmp_path / "service.log"
+
+    def intrude(seconds: float) -> None:
+        # Its position is never committed (a member that commits what it did not process
+        # would lose records whatever the service does).
+        intruder = KafkaConsumer(
+            topics["docs"],
+            topics["events"],
+            bootstrap_servers=kafka_bootstrap,
+            group_id=f"g-{topics['updates']}",
+            enable_auto_commit=False,
+        )
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            intruder.poll(timeout_ms=100)
+        intruder.close()
+
+    proc = start(config, log, STREAM_NUDGE_STALL_AT="commit:offsets:5:4")
+    try:
+        deadline = time.monotonic() + 60
+        while "stalling at commit:offsets" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        intrude(6.0)
+        rng = random.Random(3)
+        for _ in range(3):
+            intrude(rng.uniform(0.5, 2.0))
+            time.sleep(rng.uniform(0.2, 1.0))
+        assert proc.poll() is None, log.read_text()[-3000:]
+        wait_until_done(config, len(event_msgs), proc)
+    finally:
+        assert stop(proc) == 0, log.read_text()[-3000:]
+    assert log.read_text().count("partitions revoked") >= 2
+    check_same_as_replay(kafka_bootstrap, topics, config, replay_engine, replay_sink)
+
+
 def test_a_zombie_member_is_fenced_and_its_late_commit_changes_nothing(
     kafka_bootstrap, make_topic, scifact, tmp_path, client
 ):
