@@ -10,10 +10,13 @@ records (``ChangelogWriter.records``: the encoding the loop does before handing 
 producer). The baseline, in the same run: one checkpoint of the same engine as every commit wrote
 it before the changelog (``Engine.to_state`` and ``CheckpointStore.save``).
 
-Restore (``--restore``): an engine rebuilt from the whole state's records
-(``engine_from_records``: decoding and placing every record, in memory), next to reading the
-state's raw arrays from disk (``np.load`` of the originals, sums, published vectors and clicks:
-the baseline). Reading the records from the changelog topics is not in it (the broker's part).
+Restore (``--restore``), against reading the state's raw arrays from disk (``np.load`` of the
+originals, sums, published vectors and clicks: the baseline): an engine rebuilt from the whole
+state's records in memory (``engine_from_records`` alone); from the local cache (its read and
+the rebuild: a normal restart with nothing in the changelog's tail); and, with ``--bootstrap``,
+from the changelog topics alone (a wiped disk: ``read_changelog`` through the broker).
+
+    python benchmarks/bench_changelog.py --restore --shares 0.01 --repeat 1 --bootstrap 127.0.0.1:19092
 
 Not measured here: the producer's sends and the transaction's commit (the Kafka benchmark's).
 """
@@ -34,6 +37,10 @@ from stream_nudge.checkpoint import CheckpointStore
 from stream_nudge.config import load_config
 from stream_nudge.engine import Engine
 from stream_nudge.engine.changelog import ChangelogWriter, engine_from_records
+from stream_nudge.kafka.cache import LocalCache
+from stream_nudge.kafka.changelog import ensure_changelog, read_changelog, write_changelog
+from stream_nudge.kafka.client import TopicPartition
+from stream_nudge.kafka.common import make_producer
 from stream_nudge.messages import Record
 
 
@@ -72,8 +79,9 @@ def _doc(doc_id: str, vector: np.ndarray) -> bytes:
     return orjson.dumps({"op": "upsert", "id": doc_id, "embedding": vector.tolist()})
 
 
-def restore(engine: Engine, records) -> None:
-    """The engine from its records, against reading its raw arrays from disk."""
+def restore(engine: Engine, records, bootstrap: str | None, client: str) -> None:
+    """The engine from its records: in memory, from the local cache, and (with a broker) from
+    the changelog topics alone, against reading its raw arrays from disk."""
     with tempfile.TemporaryDirectory() as folder:
         arrays, _ = engine.to_state()
         raw = {name: arrays[name] for name in ("originals", "sums", "published", "clicks")}
@@ -85,14 +93,71 @@ def restore(engine: Engine, records) -> None:
         for name in ("originals", "sums", "published", "clicks"):
             np.load(Path(folder) / f"{name}.npy")
         baseline = time.perf_counter() - started
+    print(f"baseline: reading the raw arrays ({size / 1e6:,.0f} MB) from disk: {baseline:.2f} s")
+
+    def report(what: str, took: float, rebuilt: Engine) -> None:
+        assert len(rebuilt.docs) == len(engine.docs)
+        print(f"restore {what}: {took:.2f} s -> {took / baseline:.1f}x the raw arrays", flush=True)
+
     started = time.perf_counter()
     rebuilt = engine_from_records(engine.params, records)
-    took = time.perf_counter() - started
-    assert len(rebuilt.docs) == len(engine.docs)
-    print(
-        f"restore from the records: {took:.2f} s; reading the raw arrays ({size / 1e6:,.0f} MB) "
-        f"from disk: {baseline:.2f} s -> {took / baseline:.1f}x"
+    report(
+        "from the records in memory (engine_from_records alone)",
+        time.perf_counter() - started,
+        rebuilt,
     )
+    del rebuilt
+
+    with tempfile.TemporaryDirectory() as folder:
+        topics = {"documents": "b-documents", "sums": "b-sums", "engine": "b-engine"}
+        cache = LocalCache(folder, topics, max_age_s=3600.0)
+        tp = TopicPartition("b-engine", 0)
+        started = time.perf_counter()
+        cache.write(records, {tp: len(records)})
+        written = time.perf_counter() - started
+        mb = cache.path.stat().st_size / 1e6
+        print(
+            f"the local cache's first (whole) write, in its thread: {written:.2f} s, {mb:,.0f} MB"
+        )
+        started = time.perf_counter()
+        cached, _ = cache.load({tp: len(records)})
+        rebuilt = engine_from_records(engine.params, cached)
+        report(
+            "from the local cache (its read + engine_from_records; no tail)",
+            time.perf_counter() - started,
+            rebuilt,
+        )
+        del cached, rebuilt
+
+    if bootstrap:
+        config = load_config(
+            overrides={
+                "validation": {"fraction": 0.0},
+                "kafka": {
+                    "bootstrap_servers": bootstrap,
+                    "client": client,
+                    "group_id": f"bench-{int(time.time())}",
+                    "max_request_size": 16_000_000,
+                },
+            }
+        )
+        topics = ensure_changelog(config)
+        producer = make_producer(config)
+        started = time.perf_counter()
+        write_changelog(producer, topics, records)
+        producer.flush()
+        producer.close()
+        print(
+            f"  (the records into the changelog topics: {time.perf_counter() - started:.1f} s)",
+            flush=True,
+        )
+        started = time.perf_counter()
+        restored = read_changelog(config)
+        report(
+            f"from the changelog topics alone ({client})",
+            time.perf_counter() - started,
+            restored.engine,
+        )
 
 
 def main() -> None:
@@ -103,6 +168,8 @@ def main() -> None:
     parser.add_argument("--shares", default="0.001,0.01,0.1")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--restore", action="store_true", help="also time a restore")
+    parser.add_argument("--bootstrap", help="with --restore: also from this broker's changelog")
+    parser.add_argument("--client", default="confluent-kafka")
     args = parser.parse_args()
     print(f"building {args.docs:,} x {args.dim} documents, {args.nudged:.0%} nudged")
     engine = build(args.docs, args.dim, args.nudged)
@@ -126,7 +193,7 @@ def main() -> None:
         f"the whole state as records (a new changelog): {dump:.2f} s, {dumped / 1e6:,.0f} MB, {len(everything):,} records"
     )
     if args.restore:
-        restore(engine, everything)
+        restore(engine, everything, args.bootstrap, args.client)
     del everything
 
     for share in [float(s) for s in args.shares.split(",")]:

@@ -188,7 +188,11 @@ class ChangelogWriter:
         self._selector_mark = -1
         self._backlog: set[int] = set()  # rows with a c: record
         if not fresh:
-            self.records()  # the engine's state is what the changelog holds: start from it
+            # The engine's state is what the changelog holds: start from it. (The documents'
+            # records are not even made: only the table's marks are taken.)
+            self._baseline = True
+            self.records()
+        self._baseline = False
 
     def records(self) -> list[Record]:
         """The records of the changes since the last call (between batches)."""
@@ -244,13 +248,15 @@ class ChangelogWriter:
     def _documents(self, docs: DocumentTable, out: list[Record]) -> None:
         changes, originals, published = docs.changes, docs.originals_log, docs.published_log
         if docs is not self._docs:
-            # A table this writer has not seen: nothing of it was written (or, for a writer
-            # that starts from what the changelog holds, the call's records are dropped), so
-            # all of it, whatever its change logs say (a restored table's say nothing).
+            # A table this writer has not seen: nothing of it was written, so all of it,
+            # whatever its change logs say (a restored table's say nothing); unless the
+            # changelog holds it already (a writer's first call on a restored engine).
             self._docs = docs
             deleted: list[str] = []
             new = np.flatnonzero(docs.alive[: docs.n_rows])
             rows = new
+            if self._baseline:
+                new = rows = new[:0]
         else:
             changed_mark, originals_mark, published_mark = self._marks
             deleted = changes.deleted_since(changed_mark)

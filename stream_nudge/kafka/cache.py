@@ -33,6 +33,7 @@ from pathlib import Path
 
 from stream_nudge.engine.changelog import Record
 from stream_nudge.kafka.client import TopicPartition
+from stream_nudge.memory import give_back_freed_memory
 
 __all__ = ["CacheRefresher", "LocalCache"]
 
@@ -242,6 +243,9 @@ class CacheRefresher:
             self.failed = exc
             return
         self.failed = None
+        del batch
+        if n >= 10_000:
+            give_back_freed_memory()  # the batch's records (all of them, after a wiped disk)
         seconds = time.monotonic() - started
         log.debug("local cache refreshed: %d records in %.2f s", n, seconds)
         if self.on_written is not None:

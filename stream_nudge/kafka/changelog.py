@@ -36,6 +36,7 @@ from stream_nudge.engine.changelog import (
 from stream_nudge.kafka.cache import LocalCache
 from stream_nudge.kafka.client import Admin, Producer, TopicPartition
 from stream_nudge.kafka.common import make_admin, make_consumer
+from stream_nudge.memory import give_back_freed_memory
 
 __all__ = [
     "Restored",
@@ -160,17 +161,23 @@ def read_changelog(
         )
     finally:
         consumer.close()
+    error = None
     try:
         engine = engine_from_records(config, cached + records)
     except ChangelogError as exc:
-        if cached:
+        error = exc
+    count = len(cached)
+    del base, cached
+    give_back_freed_memory()  # the cached records and the rebuild's temporaries
+    if error is not None:
+        if count:
             # The cache's records with the tail do not make a state: the changelog decides.
-            log.warning("the local cache does not fit the changelog (%s): reading all of it", exc)
+            log.warning("the local cache does not fit the changelog (%s): reading all of it", error)
             cache.clear()
             return read_changelog(config, cache, progress, progress_seconds, timeout_s)
-        place = where.get((exc.store, exc.key), f"the changelog {sorted(topics.values())}")
-        raise ChangelogError(f"{place}: {exc}", exc.store, exc.key) from None
-    return Restored(engine, records, len(cached), ends)
+        place = where.get((error.store, error.key), f"the changelog {sorted(topics.values())}")
+        raise ChangelogError(f"{place}: {error}", error.store, error.key) from None
+    return Restored(engine, records, count, ends)
 
 
 def _read(consumer, topics, starts, ends, batch, progress, progress_seconds, timeout_s):
