@@ -235,6 +235,7 @@ def throughput(
     repeat=3,
     client="confluent-kafka",
     guarantee="exactly_once",
+    commit_ms=None,
 ):
     tag, topics = new_topics(bootstrap, "")
     total = warm_events + repeat * n_events
@@ -253,6 +254,7 @@ def throughput(
             "gamma": {"every_events": 0, "every_seconds": 0},
             # Updates go out in the encoding the events came in.
             "publish": {"encoding": vectors},
+            **({"processing": {"commit_interval_ms": commit_ms}} if commit_ms else {}),
         }
     )
     ensure_topics(config)
@@ -379,7 +381,8 @@ def throughput(
     }
     per = ", ".join(f"{name} {us:.0f}" for name, us in out["cpu_us_per_event"].items())
     print(
-        f"throughput ({client}, {guarantee}, {vectors} vectors, best of {repeat}): pipeline "
+        f"throughput ({client}, {guarantee}, commits every {config.processing.commit_interval_ms} "
+        f"ms, {vectors} vectors, best of {repeat}): pipeline "
         f"{out['pipeline_events_per_s']:,.0f} events/s ({best['updates']:,} updates published, "
         f"gamma {warm_gamma:.4f}); bare consume {out['bare_consume_events_per_s']:,.0f}/s -> "
         f"{out['ratio_to_bare']:.2f}x; consume+decode "
@@ -391,7 +394,7 @@ def throughput(
     return out
 
 
-def latency(bootstrap, n_docs, dim, rate, seconds, guarantee="exactly_once", commit_ms=1000):
+def latency(bootstrap, n_docs, dim, rate, seconds, guarantee="exactly_once", commit_ms=None):
     """The real service (``stream-nudge run`` in its own process) under an offered load."""
     import tempfile
 
@@ -415,7 +418,10 @@ def latency(bootstrap, n_docs, dim, rate, seconds, guarantee="exactly_once", com
         "gamma": {"every_events": 0, "every_seconds": 0},
         "validation": {"fraction": 0.3},
         "checkpoint": {"directory": str(folder / "state"), "every_seconds": 60},
-        "processing": {"guarantee": guarantee, "commit_interval_ms": commit_ms},
+        "processing": {
+            "guarantee": guarantee,
+            **({"commit_interval_ms": commit_ms} if commit_ms else {}),
+        },
         "metrics": {"port": 0},
         "service": {"idle_select_seconds": 1.0},
     }
@@ -556,8 +562,7 @@ def main(argv=None):
     p.add_argument(
         "--commit-interval-ms",
         type=int,
-        default=1000,
-        help="the latency run's processing.commit_interval_ms (exactly_once)",
+        help="processing.commit_interval_ms (exactly_once; default: the service's)",
     )
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
@@ -587,6 +592,7 @@ def main(argv=None):
                             a.repeat,
                             client,
                             guarantee,
+                            a.commit_interval_ms,
                         )
         if a.only in (None, "latency"):
             for guarantee in guarantees:

@@ -455,16 +455,41 @@ def _restore_documents(stores, shape: dict, arrays: dict, meta: dict) -> None:
     originals = np.zeros((n, dim), dtype=np.float32)
     alive = np.zeros(n, dtype=bool)
     ids: list[str | None] = [None] * n
-    for key, value in stores[DOCUMENTS].items():
-        row, original = _blame(DOCUMENTS, key, decode_original, value, dim)
-        if not 0 <= row < n or alive[row]:
+    # Decoded a block at a time, as one array of (format, row, original) structs: a restore's
+    # biggest store (one record per live document).
+    layout = np.dtype([("format", "u1"), ("row", "<i8"), ("original", "<f4", (dim,))])
+    size = layout.itemsize
+    items = list(stores[DOCUMENTS].items())
+    for start in range(0, len(items), 65_536):
+        block = items[start : start + 65_536]
+        values = [value for _, value in block]
+        odd = [i for i, value in enumerate(values) if len(value) != size or value[0] != _FORMAT]
+        if odd:  # the first one that does not decode, with decode_original's message
+            key, value = block[odd[0]]
+            _blame(DOCUMENTS, key, decode_original, value, dim)
+        decoded = np.frombuffer(b"".join(values), dtype=layout)
+        rows = decoded["row"]
+        bad = (rows < 0) | (rows >= n)
+        bad[~bad] = alive[rows[~bad]]  # rows an earlier block placed a document on
+        order = np.argsort(rows, kind="stable")
+        bad[order[1:][rows[order][1:] == rows[order][:-1]]] = True  # twice in this block
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            key, row = block[i][0], int(rows[i])
+            taken = None
+            if 0 <= row < n:
+                first = int(np.flatnonzero(rows == row)[0])
+                taken = ids[row] if alive[row] else block[first][0].decode()
             raise ChangelogError(
                 f"document {key.decode(errors='replace')!r} at row {row}: outside the table's "
-                f"{n} rows or on a row taken by {ids[row] if 0 <= row < n else None!r}",
+                f"{n} rows or on a row taken by {taken!r}",
                 DOCUMENTS,
                 key,
             )
-        originals[row], alive[row], ids[row] = original, True, key.decode()
+        originals[rows] = decoded["original"]
+        alive[rows] = True
+        for (key, _), row in zip(block, rows.tolist(), strict=True):
+            ids[row] = key.decode()
     row_of = {doc_id: row for row, doc_id in enumerate(ids) if doc_id is not None}
     slot_rows, sums, clicks, stamps, published, has_published = [], [], [], [], [], []
     for key, value in stores[SUMS].items():

@@ -102,7 +102,16 @@ class DocumentTable:
         n = len(arrays["alive"])
         if n > len(table.alive):
             table._grow_rows(n)
-        table.originals[:n] = arrays["originals"]
+        src = arrays["originals"]
+        if (
+            src.shape == table.originals.shape
+            and src.dtype == table.originals.dtype
+            and src.flags.c_contiguous
+            and src.flags.writeable
+        ):
+            table.originals = src  # a restore's largest array: taken over, not copied
+        else:
+            table.originals[:n] = src
         table.alive[:n] = arrays["alive"]
         table.slot_of[:n] = arrays["slot_of"]
         table.n_rows = n
