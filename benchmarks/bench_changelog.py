@@ -121,7 +121,7 @@ def restore(engine: Engine, records, bootstrap: str | None, client: str) -> None
         )
         started = time.perf_counter()
         cached, _ = cache.load({tp: len(records)})
-        rebuilt = engine_from_records(engine.params, cached)
+        rebuilt = engine_from_records(engine.params, [], base=cached)
         report(
             "from the local cache (its read + engine_from_records; no tail)",
             time.perf_counter() - started,

@@ -63,7 +63,7 @@ def member(folder: str, commits: int) -> None:
     params = load_config(overrides={"validation": {"fraction": 0.0}})
     started = time.perf_counter()
     cached, _ = LocalCache(folder, TOPICS, 3600.0).load({TopicPartition("m-engine", 0): 0})
-    engine = engine_from_records(params, cached)
+    engine = engine_from_records(params, [], base=cached)
     del cached
     give_back_freed_memory()  # as read_changelog does
     restored = time.perf_counter() - started

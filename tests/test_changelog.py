@@ -179,6 +179,26 @@ def test_a_commit_writes_only_what_changed():
     assert writer.records() == []  # nothing changed: nothing written, not even the scalars
 
 
+def test_a_query_naming_another_document_later_is_written_and_no_other_query_is():
+    """The writer reads the query memory's changes from its tail (an entry that changes moves to
+    the end): a query that names a new document after other queries arrived is written again,
+    alone, and the engine rebuilt from the records remembers both its documents."""
+    config = load_config(overrides={"validation": {"fraction": 0.0}})
+    engine = Engine(config)
+    writer = ChangelogWriter(engine, fresh=True)
+    rng = np.random.default_rng(0)
+    engine.process([_doc(f"d{i}", rng.normal(size=8)) for i in range(5)])
+    log = writer.records()
+    for query_id, doc_id in [("q1", "d1"), ("q2", "d2"), ("q3", "d3"), ("q1", "d4")]:
+        engine.process([_event(query_id, rng.normal(size=8), doc_id)])
+        records = writer.records()
+        log += records
+    assert [r.key for r in records if r.key.startswith(b"q:")] == [b"q:q1"]
+    memory = engine_from_records(config, log).ingest.queries
+    assert memory.get("q1") == ("train", ("d1", "d4")) and memory.get("q2") == ("train", ("d2",))
+    assert canonical(engine_from_records(config, log)) == canonical(engine)
+
+
 def test_a_deleted_document_leaves_tombstones_and_a_returning_one_no_old_sum():
     config = load_config(overrides={"validation": {"fraction": 0.0}})
     engine = Engine(config)

@@ -17,7 +17,7 @@ from test_checkpoint import OVERRIDES, stream
 
 from stream_nudge.config import load_config
 from stream_nudge.engine import Engine
-from stream_nudge.engine.changelog import ChangelogWriter, Record, compact, engine_from_records
+from stream_nudge.engine.changelog import ChangelogWriter, Record, engine_from_records
 from stream_nudge.kafka.cache import CacheRefresher, LocalCache
 from stream_nudge.kafka.client import TopicPartition
 
@@ -68,9 +68,9 @@ def test_cache_plus_tail_from_any_safe_offset_is_the_whole_log(tmp_path_factory,
     cache.write(compact_records(log_of(COMMITS[half:cut])), {TP: start})
     loaded = cache.load({TP: len(log)})
     assert loaded is not None
-    records, starts = loaded
+    stores, starts = loaded
     assert starts == {TP: start}
-    rebuilt = engine_from_records(CONFIG, records + log[start:])
+    rebuilt = engine_from_records(CONFIG, log[start:], base=stores)
     assert canonical(rebuilt) == canonical(FINAL)
 
 
@@ -87,9 +87,9 @@ def test_a_deletion_in_a_later_refresh_removes_the_key(tmp_path):
     cache = LocalCache(tmp_path, TOPICS, max_age_s=DAY)
     cache.write([Record("documents", b"a", b"1"), Record("documents", b"b", b"2")], {TP: 2})
     cache.write([Record("documents", b"a", None), Record("sums", b"b", b"3")], {TP: 4})
-    records, starts = cache.load({TP: 4})
-    assert compact(records)["documents"] == {b"b": b"2"}
-    assert compact(records)["sums"] == {b"b": b"3"}
+    stores, starts = cache.load({TP: 4})
+    assert stores["documents"] == {b"b": b"2"}
+    assert stores["sums"] == {b"b": b"3"}
     assert starts == {TP: 4}
 
 
@@ -144,7 +144,7 @@ def test_the_refresher_writes_what_was_committed_in_its_thread_and_retries_a_fai
     refresher.refresh({TP: 2})
     refresher.close()
     assert written == [1]  # one record per key
-    assert compact(cache.load({TP: 2})[0])["documents"] == {b"a": b"2"}
+    assert cache.load({TP: 2})[0]["documents"] == {b"a": b"2"}
 
     # A write that fails (the directory is gone) leaves the cache as it was; its batch is
     # written with the next refresh, under what came after it.
@@ -159,8 +159,8 @@ def test_the_refresher_writes_what_was_committed_in_its_thread_and_retries_a_fai
     refresher.refresh({TP: 5})
     refresher.close()
     assert refresher.failed is None
-    records, starts = cache.load({TP: 5})
-    assert compact(records)["documents"] == {b"a": b"2", b"b": b"3", b"c": b"5"}
+    stores, starts = cache.load({TP: 5})
+    assert stores["documents"] == {b"a": b"2", b"b": b"3", b"c": b"5"}
     assert starts == {TP: 5}
 
 
@@ -181,8 +181,8 @@ def test_a_refresh_is_due_by_its_interval_and_never_while_a_write_runs(tmp_path)
     release.set()
     refresher.close()
     assert not refresher.busy and refresher.due(now + 1000)
-    records, starts = cache.load({TP: 2})
-    assert compact(records)["documents"] == {b"a": b"1"} and starts == {TP: 1}
+    stores, starts = cache.load({TP: 2})
+    assert stores["documents"] == {b"a": b"1"} and starts == {TP: 1}
     refresher.refresh({TP: 2})
     refresher.close()
-    assert compact(cache.load({TP: 2})[0])["documents"] == {b"a": b"1", b"b": b"2"}
+    assert cache.load({TP: 2})[0]["documents"] == {b"a": b"1", b"b": b"2"}

@@ -48,6 +48,8 @@ __all__ = [
     "ChangelogError",
     "ChangelogWriter",
     "Record",
+    "Stores",
+    "compact",
     "engine_from_records",
 ]
 
@@ -319,10 +321,15 @@ class ChangelogWriter:
         current = memory.current
         parts = [(current, g)] + ([(memory.previous, g - 1)] if rolled else [])
         for entries, tag in parts:
-            for query_id, entry in entries.items():
+            # An entry that changes is put at the end of its generation (see ingest), so
+            # without a roll-over the changes since the last call are the current generation's
+            # tail: read backwards up to the first entry written as it is.
+            for query_id, entry in reversed(entries.items()) if not rolled else entries.items():
                 if tag != g and query_id in current:
                     continue  # the current generation's entry is the one looked up
                 last = written.get(query_id)
+                if last is not None and last[1] is entry and last[0] == tag and not rolled:
+                    break
                 if last is None or last[1] is not entry or last[0] != tag:
                     written[query_id] = (tag, entry)
                     split, named = entry
@@ -361,9 +368,15 @@ _WINDOW_ARRAYS = (
 # --- restoring ----------------------------------------------------------------------------------
 
 
-def compact(records: Iterable[Record]) -> dict[str, dict[bytes, bytes]]:
-    """The latest value of each key, by store (tombstones remove the key)."""
-    out: dict[str, dict[bytes, bytes]] = {store: {} for store in STORES}
+Stores = dict[str, dict[bytes, bytes]]
+
+
+def compact(records: Iterable[Record], base: Stores | None = None) -> Stores:
+    """The latest value of each key, by store (tombstones remove the key): of ``records`` applied
+    in order over ``base`` (which is updated in place), or over nothing."""
+    out: Stores = base if base is not None else {}
+    for store in STORES:
+        out.setdefault(store, {})
     for store, key, value in records:
         if store not in out:
             raise ChangelogError(f"unknown store {store!r}")
@@ -374,10 +387,11 @@ def compact(records: Iterable[Record]) -> dict[str, dict[bytes, bytes]]:
     return out
 
 
-def engine_from_records(params, records: Iterable[Record]) -> Engine:
-    """The engine the changelog ``records`` (in order, compacted or not) describe; a new engine
-    when they hold nothing."""
-    stores = compact(records)
+def engine_from_records(params, records: Iterable[Record], base: Stores | None = None) -> Engine:
+    """The engine the changelog ``records`` (in order, compacted or not) describe, applied over
+    ``base`` (the latest value of each key before them, by store: a local cache's; updated in
+    place); a new engine when they hold nothing."""
+    stores = compact(records, base)
     engine_store = stores[ENGINE]
     if _SCALARS not in engine_store:
         if any(stores.values()):

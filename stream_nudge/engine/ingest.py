@@ -223,6 +223,10 @@ class EventIngest:
                                 at += 1
                                 continue
                             doc_ids = new_ids
+                        if query_id in recent:
+                            # Moved to the end: what changed since the last commit is then
+                            # the dict's tail (the changelog writer reads it backwards).
+                            del recent[query_id]
                         recent[query_id] = (known, named + doc_ids)
                     elif query_id not in recent:
                         recent[query_id] = entry  # kept with the current generation

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from stream_nudge.engine.changelog import Record
+from stream_nudge.engine.changelog import STORES, Record, Stores
 from stream_nudge.kafka.client import TopicPartition
 from stream_nudge.memory import give_back_freed_memory
 
@@ -73,9 +73,9 @@ class LocalCache:
 
     def load(
         self, ends: dict[TopicPartition, int]
-    ) -> tuple[list[Record], dict[TopicPartition, int]] | None:
-        """The cached records and the offsets to read the tail from, or None (logged why) when
-        there is no cache this member can use. ``ends``: the changelog partitions' end offsets
+    ) -> tuple[Stores, dict[TopicPartition, int]] | None:
+        """The cached records (the latest value of each key, by store) and the offsets to read
+        the tail from, or None (logged why) when there is no cache this member can use. ``ends``: the changelog partitions' end offsets
         now (a cache beyond them belongs to a changelog that was deleted and created again)."""
         if not self.path.exists():
             log.info("no local cache (%s): reading the whole changelog", self.path)
@@ -95,10 +95,9 @@ class LocalCache:
                         reason,
                     )
                     return None
-                records = [
-                    Record(store, bytes(key), bytes(value))
-                    for store, key, value in db.execute("SELECT store, key, value FROM records")
-                ]
+                stores: Stores = {store: {} for store in STORES}
+                for store, key, value in db.execute("SELECT store, key, value FROM records"):
+                    stores.setdefault(store, {})[key] = value
         except sqlite3.Error as exc:
             log.warning(
                 "local cache %s not used: it cannot be read (%s); reading the whole changelog",
@@ -110,11 +109,11 @@ class LocalCache:
         log.info(
             "local cache %s: %d records, written %.0f s ago; reading the changelog from %s",
             self.path,
-            len(records),
+            sum(len(kept) for kept in stores.values()),
             time.time() - float(meta["written_at"]),
             {f"{tp.topic}[{tp.partition}]": n for tp, n in sorted(starts.items())},
         )
-        return records, starts
+        return stores, starts
 
     def _unusable(self, meta: dict, offsets: dict, ends: dict) -> str | None:
         if meta.get("format") != _FORMAT:

@@ -148,7 +148,7 @@ def read_changelog(
         base = cache.load(ends) if cache is not None else None
         if base is None and cache is not None:
             cache.clear()
-        cached, starts = base if base is not None else ([], {tp: 0 for tp in tps})
+        cached, starts = base if base is not None else ({}, {tp: 0 for tp in tps})
         records, where = _read(
             consumer,
             topics,
@@ -161,12 +161,12 @@ def read_changelog(
         )
     finally:
         consumer.close()
+    count = sum(len(kept) for kept in cached.values())
     error = None
     try:
-        engine = engine_from_records(config, cached + records)
+        engine = engine_from_records(config, records, base=cached)
     except ChangelogError as exc:
         error = exc
-    count = len(cached)
     del base, cached
     give_back_freed_memory()  # the cached records and the rebuild's temporaries
     if error is not None:
