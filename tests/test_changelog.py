@@ -27,6 +27,8 @@ from stream_nudge.engine.changelog import (
     Record,
     compact,
     decode_sum,
+    encode_sum,
+    encode_sums,
     engine_from_records,
 )
 from stream_nudge.messages import Record as Input
@@ -197,6 +199,21 @@ def test_a_query_naming_another_document_later_is_written_and_no_other_query_is(
     memory = engine_from_records(config, log).ingest.queries
     assert memory.get("q1") == ("train", ("d1", "d4")) and memory.get("q2") == ("train", ("d2",))
     assert canonical(engine_from_records(config, log)) == canonical(engine)
+
+
+@pytest.mark.parametrize("decay", [False, True], ids=["plain", "decay"])
+def test_the_sums_of_many_documents_encode_as_each_alone(decay):
+    """encode_sums (a commit's sums records, all at once) against encode_sum of each document's
+    state: byte for byte, with and without a published vector."""
+    config = load_config(overrides={**OVERRIDES, **(DECAY if decay else {})})
+    engine = Engine(config)
+    engine.process(stream())
+    docs = engine.docs
+    rows = np.flatnonzero(docs.slot_of[: docs.n_rows] >= 0)
+    # Some with a sum and nothing published yet (as before a first selection moves gamma off 0).
+    docs.slots.has_published[docs.slot_of[rows[::3]]] = False
+    assert len(rows) > 3 and 0 < docs.slots.has_published[docs.slot_of[rows]].sum() < len(rows)
+    assert encode_sums(docs, rows) == [encode_sum(docs.document(r)) for r in rows.tolist()]
 
 
 def test_a_deleted_document_leaves_tombstones_and_a_returning_one_no_old_sum():

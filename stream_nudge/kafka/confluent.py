@@ -258,6 +258,8 @@ class KafkaProducer:
                 # The Java client's key hash, so that both clients (and Kafka Streams) put a
                 # document id in the same partition.
                 "partitioner": "murmur2_random",
+                # A delivery report (a Python call) only for a record that failed.
+                "delivery.report.only.error": True,
             }
         )
         # No transactional call waits longer than a transaction may live (see commit).
@@ -274,6 +276,7 @@ class KafkaProducer:
         except (ck.KafkaException, ValueError, TypeError) as exc:
             raise self._error(exc) from exc
         self._failures: list[ck.KafkaError] = []
+        self._sent = 0
 
     def _error(self, exc: BaseException) -> ClientError:
         """As :func:`_error`; for a transactional producer, "_FATAL" (what every call answers
@@ -315,7 +318,9 @@ class KafkaProducer:
                     break
                 except BufferError:  # the local queue is full: let deliveries drain it
                     self._producer.poll(0.1)
-            self._producer.poll(0)
+            self._sent += 1
+            if self._sent % 256 == 0:  # serve the (error) reports now and then
+                self._producer.poll(0)
         except (ck.KafkaException, SystemError) as exc:  # also from poll: fatal errors
             raise self._error(exc) from exc
 
