@@ -273,13 +273,14 @@ def throughput(
             ensure_changelog(config),
             config.processing.commit_interval_ms / 1000.0,
             config.processing.commit_records,
+            config.processing.caught_up_commit_ms / 1000.0,
         )
     else:
         sink = KafkaSink(config)
 
     def counted(batch):
         if committer is not None:
-            committer.count(len(batch))
+            committer.count(len(batch), len(batch) < batch_size)
 
     def settle():
         """Everything written committed (exactly once) or acknowledged."""

@@ -203,6 +203,10 @@ class ProcessingConfig:
     #: (updates become visible to read_committed readers at a commit).
     commit_interval_ms: int = 1000
     commit_records: int = 50_000
+    #: exactly_once: once the input is caught up (a poll brought fewer records than it may),
+    #: commit what was done after this many ms already, so that updates become visible sooner
+    #: when the service keeps up; under load commits stay commit_interval_ms apart (0: off).
+    caught_up_commit_ms: int = 200
     #: exactly_once: refresh the member's local cache of the changelog (a file in
     #: checkpoint.directory; a restart reads it, then only the changelog's tail) this often, in
     #: a thread of its own (0: no local cache; a restart reads the whole changelog).
@@ -448,6 +452,8 @@ def _check(c: Config) -> None:
         fail("processing.commit_interval_ms", "must be >= 1")
     if c.processing.commit_records < 1:
         fail("processing.commit_records", "must be >= 1")
+    if c.processing.caught_up_commit_ms < 0:
+        fail("processing.caught_up_commit_ms", "must be >= 0 (0: off)")
     if c.processing.cache_interval_ms < 0:
         fail("processing.cache_interval_ms", "must be >= 0 (0: no local cache)")
     if not 0 <= c.metrics.port <= 65535:

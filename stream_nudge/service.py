@@ -289,6 +289,7 @@ class Service:
             topics,
             p.commit_interval_ms / 1000.0,
             p.commit_records,
+            p.caught_up_commit_ms / 1000.0,
             on_commit=self._committed,
             cache=refresher,
             changelog_partitions=list(restored.ends),
@@ -360,7 +361,7 @@ class Service:
     def _observe(self, batch: list) -> None:
         self.metrics.tick()
         if self.committer is not None:
-            self.committer.count(len(batch))
+            self.committer.count(len(batch), len(batch) < self.config.kafka.max_poll_records)
         for topic, n in Counter(record.topic for record in batch).items():
             self.metrics.events.labels(topic).inc(n)
         e = self.engine

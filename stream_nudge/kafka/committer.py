@@ -28,9 +28,38 @@ from stream_nudge.kafka.cache import CacheRefresher
 from stream_nudge.kafka.changelog import write_changelog
 from stream_nudge.kafka.client import ClientError, Producer, TopicPartition
 
-__all__ = ["TransactionalCommitter"]
+__all__ = ["CommitSchedule", "TransactionalCommitter"]
 
 log = logging.getLogger(__name__)
+
+
+class CommitSchedule:
+    """When a commit is due: ``max_records`` input records since the last one, or
+    ``interval_s`` since it (also with no input: an idle re-selection's updates must not wait
+    for the next record to become visible), or, once the input is caught up, ``caught_up_s``
+    since it with something to commit. Under load that makes fewer, bigger transactions; when
+    the service keeps up, updates become visible sooner, as nothing is gained by waiting."""
+
+    def __init__(self, interval_s: float, max_records: int, caught_up_s: float = 0.0):
+        self.interval_s, self.max_records, self.caught_up_s = interval_s, max_records, caught_up_s
+        self.last = time.monotonic()
+        self.uncommitted = 0  # input records since the last commit
+        self.caught_up = False  # the last batch found the input caught up
+
+    def count(self, records: int, caught_up: bool = False) -> None:
+        """A batch of ``records`` was processed; ``caught_up``: it was all the input there was
+        (fewer records than a poll may bring)."""
+        self.uncommitted += records
+        self.caught_up = caught_up
+
+    def due(self, now: float) -> bool:
+        since = now - self.last
+        if self.uncommitted >= self.max_records or since >= self.interval_s:
+            return True
+        return self.caught_up and self.uncommitted > 0 and 0 < self.caught_up_s <= since
+
+    def committed(self, now: float) -> None:
+        self.last, self.uncommitted = now, 0
 
 
 class TransactionalCommitter:
@@ -44,26 +73,22 @@ class TransactionalCommitter:
         topics: dict[str, str],
         interval_s: float,
         max_records: int,
+        caught_up_s: float = 0.0,
         on_commit: Callable[[float, int], None] | None = None,
         cache: CacheRefresher | None = None,
         changelog_partitions: list[TopicPartition] = (),
     ):
         self.producer, self.source, self.writer, self.topics = producer, source, writer, topics
         self.cache, self.changelog_partitions = cache, list(changelog_partitions)
-        self.interval_s, self.max_records = interval_s, max_records
-        self.on_commit = on_commit
-        self.last = time.monotonic()
-        self.uncommitted = 0  # input records since the last commit
+        self.schedule = CommitSchedule(interval_s, max_records, caught_up_s)
         self.commits = 0
         self.producer.begin()
 
-    def count(self, records: int) -> None:
-        self.uncommitted += records
+    def count(self, records: int, caught_up: bool = False) -> None:
+        self.schedule.count(records, caught_up)
 
     def due(self, now: float) -> bool:
-        # Also with no input since the last commit: an idle re-selection's updates must not
-        # wait for the next record to become visible.
-        return self.uncommitted >= self.max_records or now - self.last >= self.interval_s
+        return self.schedule.due(now)
 
     def commit(self) -> None:
         """Changelog records and input offsets into the open transaction; commit it; begin the
@@ -86,15 +111,15 @@ class TransactionalCommitter:
         self.producer.commit(offsets, self.source.group_metadata())
         crash_point("commit:committed")
         self.producer.begin()
-        self.last = time.monotonic()
-        self.uncommitted = 0
+        done = time.monotonic()
+        self.schedule.committed(done)
         self.commits += 1
         if self.cache is not None:
             self.cache.add(records)  # committed: the local cache may have them
-            if self.cache.due(self.last):
+            if self.cache.due(done):
                 self.refresh_cache()
         if self.on_commit is not None:
-            self.on_commit(self.last - started, len(records))
+            self.on_commit(done - started, len(records))
         log.debug("committed: %d changelog records, offsets %s", len(records), offsets)
 
     def refresh_cache(self) -> None:
