@@ -81,6 +81,7 @@ class TransactionalCommitter:
         self.producer, self.source, self.writer, self.topics = producer, source, writer, topics
         self.cache, self.changelog_partitions = cache, list(changelog_partitions)
         self.schedule = CommitSchedule(interval_s, max_records, caught_up_s)
+        self.on_commit = on_commit
         self.commits = 0
         self.producer.begin()
 
