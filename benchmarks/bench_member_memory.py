@@ -4,7 +4,8 @@
     python benchmarks/bench_member_memory.py --docs 100000  # quicker
 
 A first process builds the state (as ``bench_changelog.py`` does) and writes it into a local
-cache (``LocalCache``, as a member's refresher does); a second process is the member: it restores
+cache (``LocalCache``, as a member's refresher does), as of its last selection (the selector's backlog
+of changed documents empty); a second process is the member: it restores
 from that cache (``LocalCache.load`` + ``engine_from_records``, what a restart does), starts its
 changelog writer, and takes clicks and commits (20, each reaching 0.1% of the documents). Reported from ``/proc/self/status``:
 its resident memory then (``VmRSS``) and its peak (``VmHWM``, the restore's records and arrays
@@ -46,6 +47,9 @@ def write_state(folder: str, docs: int, dim: int, nudged: float) -> None:
     from stream_nudge.kafka.client import TopicPartition
 
     engine = build(docs, dim, nudged)
+    # A member in its steady state has selected now and then: the selector's backlog of
+    # documents changed since (rows a restore reads back) is what changed since the last one.
+    engine.selector.sync_caches(engine.docs, engine.window)
     records = ChangelogWriter(engine, fresh=True).records()
     LocalCache(folder, TOPICS, 3600.0).write(records, {TopicPartition("m-engine", 0): 0})
 
