@@ -10,8 +10,9 @@ a topic of its own in the runtime (as Kafka Streams keeps one changelog topic pe
 - ``sums``: key the document id; value its query sum, click count, the sum's time (decay) and the
   vector last published for it. Written when clicks reach the sum or something is published.
 - ``engine``: everything else, which has no document id: ``w:<slot>`` one record per validation
-  window slot (its query, answers and score cache), ``q:<query id>`` the query memory, one per
-  query id, ``p:<arrival number>`` one per click waiting for its document, ``c:<row>`` one per
+  window slot (its query, answers and score cache), ``j:<generation>:<n>`` the query memory as
+  journal records (the entries added or changed, one record per commit; a generation's records
+  deleted when the memory drops it), ``p:<arrival number>`` one per click waiting for its document, ``c:<row>`` one per
   document changed since the selector last brought the window's caches up to date, and
   ``scalars`` the small rest (gamma, the generation counter, counts, stream time, ...).
 
@@ -253,6 +254,7 @@ class ChangelogWriter:
         # (the scalars are written at every commit): it has records of its own.
         meta = e.scalars(backlog=False)
         meta["query_generation"] = e.ingest.queries.generation
+        meta["query_journal"] = {str(g): n for g, n in e.ingest.queries.journal.items()}
         meta["pending_seq"] = e.ingest.pending.last_seq
         if e.docs is not None:
             meta["docs"] = {
@@ -350,30 +352,43 @@ class ChangelogWriter:
                 ids[slot], answers[slot] = query_id, dict(named)
 
     def _query_memory(self, out: list[Record]) -> None:
+        """The query memory's changes as journal records: ``j:<generation>:<n>``, each a list
+        of entries (query id, split, documents) added or changed in that generation, in order
+        (a later one wins). One record per commit (a few for a big one) instead of one per
+        query; a generation's records are deleted (tombstones) once the memory drops it."""
         memory = self.engine.ingest.queries
-        g, written = memory.generation, self._queries
+        g, written, journal = memory.generation, self._queries, memory.journal
         rolled = g != self._generation
-        current = memory.current
-        parts = [(current, g)] + ([(memory.previous, g - 1)] if rolled else [])
+        parts = [(memory.current, g)]
+        if rolled:
+            parts.insert(0, (memory.previous, g - 1))
         for entries, tag in parts:
-            # An entry that changes is put at the end of its generation (see ingest), so
-            # without a roll-over the changes since the last call are the current generation's
-            # tail: read backwards up to the first entry written as it is.
-            for query_id, entry in reversed(entries.items()) if not rolled else entries.items():
-                if tag != g and query_id in current:
-                    continue  # the current generation's entry is the one looked up
+            changed = []
+            # An entry that changes is put at the end of its generation (see ingest): the
+            # changes since the last call are the tail, read backwards up to the first entry
+            # written as it is.
+            for query_id, entry in reversed(entries.items()):
                 last = written.get(query_id)
-                if last is not None and last[1] is entry and last[0] == tag and not rolled:
+                if last is not None and last[1] is entry and last[0] == tag:
                     break
-                if last is None or last[1] is not entry or last[0] != tag:
-                    written[query_id] = (tag, entry)
-                    split, named = entry
-                    value = bytes((_FORMAT,)) + orjson.dumps([tag, split, list(named)])
-                    out.append(Record(ENGINE, b"q:" + query_id.encode(), value))
+                written[query_id] = (tag, entry)
+                changed.append((query_id, entry))
+            changed.reverse()
+            for start in range(0, len(changed), _JOURNAL_ENTRIES):
+                chunk = changed[start : start + _JOURNAL_ENTRIES]
+                n = journal.get(tag, 0)
+                journal[tag] = n + 1
+                body = [[q, split, list(named)] for q, (split, named) in chunk]
+                value = bytes((_FORMAT,)) + orjson.dumps(body)
+                out.append(Record(ENGINE, f"j:{tag}:{n}".encode(), value))
         if rolled:  # a generation (or more) was dropped since the last call
-            for query_id in [q for q in written if q not in current and q not in memory.previous]:
+            for tag in sorted(t for t in journal if t < g - 1):
+                out.extend(
+                    Record(ENGINE, f"j:{tag}:{n}".encode(), None) for n in range(journal.pop(tag))
+                )
+            current, previous = memory.current, memory.previous
+            for query_id in [q for q in written if q not in current and q not in previous]:
                 del written[query_id]
-                out.append(Record(ENGINE, b"q:" + query_id.encode(), None))
         self._generation = g
 
     def _waiting_clicks(self, out: list[Record]) -> None:
@@ -389,6 +404,9 @@ class ChangelogWriter:
             )
         self._pending = set(waiting)
 
+
+# At most this many query memory entries in one journal record (about 100 bytes each).
+_JOURNAL_ENTRIES = 4096
 
 # The window's per-slot arrays, in the order a window record holds them.
 _WINDOW_ARRAYS = (
@@ -449,23 +467,41 @@ def engine_from_records(params, records: Iterable[Record], base: Stores | None =
 
 def _restore_queries(store: dict[bytes, bytes], meta: dict) -> None:
     g = int(meta["query_generation"])
-    previous, current = [], []
+    records = []
     for key, value in store.items():
-        if not key.startswith(b"q:"):
-            continue
-        _blame(ENGINE, key, _check, value, None, "a query memory record")
-        try:
-            tag, split, named = orjson.loads(value[1:])
-        except (orjson.JSONDecodeError, ValueError) as exc:
+        if key.startswith(b"q:"):
             raise ChangelogError(
-                f"query memory record {key!r} does not decode: {exc}", ENGINE, key
-            ) from None
-        entry = [key[2:].decode(), split, named]
-        if tag == g:
-            current.append(entry)
-        elif tag == g - 1:
-            previous.append(entry)
-    meta["queries"] = [previous, current]
+                "a query memory record of an earlier changelog format (one per query); "
+                "this version writes journal records (j:<generation>:<n>): start on new "
+                "changelog topics (kafka.topics.changelog) with the group's offsets reset to "
+                "the earliest",
+                ENGINE,
+                key,
+            )
+        if not key.startswith(b"j:"):
+            continue
+        what = f"query memory record {key.decode(errors='replace')!r}"
+        _blame(ENGINE, key, _check, value, None, what)
+        try:
+            _, tag, n = key.decode().split(":")
+            entries = orjson.loads(value[1:])
+            records.append((int(tag), int(n), [(q, split, tuple(d)) for q, split, d in entries]))
+        except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+            raise ChangelogError(f"{what} does not decode: {exc}", ENGINE, key) from None
+    records.sort(key=lambda r: (r[0], r[1]))
+    previous: dict = {}
+    current: dict = {}
+    for tag, _, entries in records:
+        target = current if tag == g else previous if tag == g - 1 else None
+        if target is None:
+            continue  # a dropped generation's record whose tombstone is not read yet
+        for query_id, split, named in entries:
+            target.pop(query_id, None)  # the latest at the end, as the memory keeps them
+            target[query_id] = (split, named)
+    meta["queries"] = [
+        [[q, split, list(named)] for q, (split, named) in generation.items()]
+        for generation in (previous, current)
+    ]
 
 
 def _restore_selector_backlog(store: dict[bytes, bytes], meta: dict) -> None:

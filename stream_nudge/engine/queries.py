@@ -25,7 +25,7 @@ __all__ = ["QueryMemory"]
 class QueryMemory:
     """Recent query ids -> (split, the document ids they named). See the module docstring."""
 
-    __slots__ = ("capacity", "current", "generation", "previous")
+    __slots__ = ("capacity", "current", "generation", "journal", "previous")
 
     def __init__(self, capacity: int):
         if capacity < 2:
@@ -34,6 +34,9 @@ class QueryMemory:
         self.current: dict[str, tuple[str, tuple[str, ...]]] = {}
         self.previous: dict[str, tuple[str, tuple[str, ...]]] = {}
         self.generation = 0  # how many times the current generation became the previous one
+        # The changelog's bookkeeping (engine/changelog.py): how many journal records each
+        # generation has there, kept with the memory so that a restored writer goes on numbering.
+        self.journal: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.current) + len(self.previous)
@@ -58,6 +61,7 @@ class QueryMemory:
                 for generation in (self.previous, self.current)
             ],
             "query_generation": self.generation,
+            "query_journal": {str(g): n for g, n in self.journal.items()},
         }
 
     @classmethod
@@ -67,4 +71,5 @@ class QueryMemory:
         memory.previous = {q: (split, tuple(docs)) for q, split, docs in previous}
         memory.current = {q: (split, tuple(docs)) for q, split, docs in current}
         memory.generation = int(meta.get("query_generation", 0))
+        memory.journal = {int(g): int(n) for g, n in meta.get("query_journal", {}).items()}
         return memory
