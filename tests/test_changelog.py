@@ -198,9 +198,9 @@ def test_a_query_naming_another_document_later_is_written_and_no_other_query_is(
         records = writer.records()
         log += records
     journal = [r for r in records if r.key.startswith(b"j:")]
-    assert len(journal) == 1 and orjson.loads(journal[0].value[1:]) == [
-        ["q1", "train", ["d1", "d4"]]
-    ]
+    assert len(journal) == 1 and orjson.loads(journal[0].value[1:]) == {
+        "q1": ["train", ["d1", "d4"]]
+    }
     memory = engine_from_records(config, log).ingest.queries
     assert memory.get("q1") == ("train", ("d1", "d4")) and memory.get("q2") == ("train", ("d2",))
     assert canonical(engine_from_records(config, log)) == canonical(engine)

@@ -219,7 +219,9 @@ class ChangelogWriter:
         self._docs: DocumentTable | None = None
         self._marks = (0, 0, 0)  # in the table's three change logs: what was written
         self._window = None  # a copy of the window as written: arrays, query ids, answers
-        self._queries: dict[str, tuple[int, tuple]] = {}  # id -> (generation, entry) written
+        # Per generation, what was written of each query id (the entry itself: an entry is
+        # replaced, never changed, so identity tells whether it changed since).
+        self._queries: dict[int, dict[str, tuple]] = {}
         self._generation = 0
         self._pending: set[int] = set()  # arrival numbers written
         self._scalars = b""
@@ -352,43 +354,41 @@ class ChangelogWriter:
                 ids[slot], answers[slot] = query_id, dict(named)
 
     def _query_memory(self, out: list[Record]) -> None:
-        """The query memory's changes as journal records: ``j:<generation>:<n>``, each a list
-        of entries (query id, split, documents) added or changed in that generation, in order
-        (a later one wins). One record per commit (a few for a big one) instead of one per
-        query; a generation's records are deleted (tombstones) once the memory drops it."""
+        """The query memory's changes as journal records: ``j:<generation>:<n>``, each a JSON
+        object of the entries (query id: [split, documents]) added or changed in that generation
+        since the last commit (a later record wins). One record per commit (a few for a big one)
+        instead of one per query; a generation's records are deleted (tombstones) once the
+        memory drops it."""
         memory = self.engine.ingest.queries
-        g, written, journal = memory.generation, self._queries, memory.journal
+        g, journal = memory.generation, memory.journal
         rolled = g != self._generation
         parts = [(memory.current, g)]
         if rolled:
             parts.insert(0, (memory.previous, g - 1))
         for entries, tag in parts:
-            changed = []
+            written = self._queries.setdefault(tag, {})
+            changed: dict[str, tuple] = {}
             # An entry that changes is put at the end of its generation (see ingest): the
             # changes since the last call are the tail, read backwards up to the first entry
             # written as it is.
             for query_id, entry in reversed(entries.items()):
-                last = written.get(query_id)
-                if last is not None and last[1] is entry and last[0] == tag:
+                if written.get(query_id) is entry:
                     break
-                written[query_id] = (tag, entry)
-                changed.append((query_id, entry))
-            changed.reverse()
-            for start in range(0, len(changed), _JOURNAL_ENTRIES):
-                chunk = changed[start : start + _JOURNAL_ENTRIES]
+                changed[query_id] = entry
+            written.update(changed)
+            items = list(changed.items())
+            for start in range(0, len(items), _JOURNAL_ENTRIES):
                 n = journal.get(tag, 0)
                 journal[tag] = n + 1
-                body = [[q, split, list(named)] for q, (split, named) in chunk]
-                value = bytes((_FORMAT,)) + orjson.dumps(body)
-                out.append(Record(ENGINE, f"j:{tag}:{n}".encode(), value))
+                body = orjson.dumps(dict(items[start : start + _JOURNAL_ENTRIES]))
+                out.append(Record(ENGINE, f"j:{tag}:{n}".encode(), bytes((_FORMAT,)) + body))
         if rolled:  # a generation (or more) was dropped since the last call
             for tag in sorted(t for t in journal if t < g - 1):
                 out.extend(
                     Record(ENGINE, f"j:{tag}:{n}".encode(), None) for n in range(journal.pop(tag))
                 )
-            current, previous = memory.current, memory.previous
-            for query_id in [q for q in written if q not in current and q not in previous]:
-                del written[query_id]
+            for tag in [t for t in self._queries if t < g - 1]:
+                del self._queries[tag]
         self._generation = g
 
     def _waiting_clicks(self, out: list[Record]) -> None:
@@ -485,8 +485,10 @@ def _restore_queries(store: dict[bytes, bytes], meta: dict) -> None:
         try:
             _, tag, n = key.decode().split(":")
             entries = orjson.loads(value[1:])
-            records.append((int(tag), int(n), [(q, split, tuple(d)) for q, split, d in entries]))
-        except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+            records.append(
+                (int(tag), int(n), [(q, split, tuple(d)) for q, (split, d) in entries.items()])
+            )
+        except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
             raise ChangelogError(f"{what} does not decode: {exc}", ENGINE, key) from None
     records.sort(key=lambda r: (r[0], r[1]))
     previous: dict = {}
