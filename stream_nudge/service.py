@@ -278,7 +278,7 @@ class Service:
         if cache is not None:
             refresher = CacheRefresher(cache, p.cache_interval_ms / 1000.0, self._cache_written)
             # What the cache lacks (all of it, after a wiped disk), written in the background.
-            refresher.add(restored.records)
+            refresher.add(restored.tail_records())
             refresher.refresh(restored.ends)
         self.sink = KafkaSink(c, producer)
         self.source = KafkaSource(c, self.offsets, on_revoke=self.commit)

@@ -161,8 +161,12 @@ def test_a_restart_reads_the_local_cache_then_only_the_changelog_tail(
     refresher.close()
     restored = read_changelog(config, cache)
     assert canonical(restored.engine) == canonical(engine)
-    assert restored.cached > 0 and restored.read == after > 0
-    assert canonical(read_changelog(config).engine) == canonical(engine)
+    # At least the tail; more when the offsets read right after a commit were below its end
+    # (a read_committed end waits for the commit's markers): those records are read again,
+    # which changes nothing. Far less than everything.
+    whole = read_changelog(config)
+    assert restored.cached > 0 and after <= restored.read < whole.read // 2
+    assert canonical(whole.engine) == canonical(engine)
 
     # A cache that does not fit the changelog's records (here: a sums record whose document it
     # lost) is set aside and cleared; the whole changelog is read.

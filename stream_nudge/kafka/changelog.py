@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from stream_nudge.config import Config
@@ -34,7 +34,7 @@ from stream_nudge.engine.changelog import (
     engine_from_records,
 )
 from stream_nudge.kafka.cache import LocalCache
-from stream_nudge.kafka.client import Admin, Producer, TopicPartition
+from stream_nudge.kafka.client import Admin, Message, Producer, TopicPartition
 from stream_nudge.kafka.common import make_admin, make_consumer
 from stream_nudge.memory import give_back_freed_memory
 
@@ -97,24 +97,27 @@ def write_changelog(producer: Producer, topics: dict[str, str], records: list[Re
 
 
 class Restored(NamedTuple):
-    """What :func:`read_changelog` gives: the engine; the records read from the changelog topics
-    (``records``, in order: what the local cache lacks), how many came from the local cache, and
-    the offsets the read ended at (what the engine reflects)."""
+    """What :func:`read_changelog` gives: the engine; what was read from the changelog topics
+    (``tail``: by store, the last message of each key, what the local cache lacks; ``read``: how
+    many records), how many records came from the local cache, and the offsets the read ended at
+    (what the engine reflects)."""
 
     engine: Engine
-    records: list[Record]
+    tail: dict[str, dict[bytes, Message]]
+    read: int
     cached: int
     ends: dict[TopicPartition, int]
 
     @property
-    def read(self) -> int:
-        """Records read from the topics."""
-        return len(self.records)
-
-    @property
     def empty(self) -> bool:
         """The changelog holds nothing (a new engine)."""
-        return not self.records and not self.cached
+        return not self.read and not self.cached
+
+    def tail_records(self) -> Iterator[Record]:
+        """The tail as records (None values: deleted keys), for the local cache."""
+        for store, kept in self.tail.items():
+            for key, message in kept.items():
+                yield Record(store, key, message.value)
 
 
 def read_changelog(
@@ -141,15 +144,16 @@ def read_changelog(
     if not tps:
         if cache is not None:
             cache.clear()
-        return Restored(Engine(config), [], 0, {})
+        return Restored(Engine(config), {}, 0, 0, {})
     consumer = make_consumer(config, group_id=f"{config.kafka.group_id}-restore")
     try:
         ends = consumer.end_offsets(tps)
         base = cache.load(ends) if cache is not None else None
         if base is None and cache is not None:
             cache.clear()
-        cached, starts = base if base is not None else ({}, {tp: 0 for tp in tps})
-        records, where = _read(
+        stores, starts = base if base is not None else ({}, {tp: 0 for tp in tps})
+        del base
+        tail, read = _read(
             consumer,
             topics,
             starts,
@@ -161,13 +165,20 @@ def read_changelog(
         )
     finally:
         consumer.close()
-    count = sum(len(kept) for kept in cached.values())
+    count = sum(len(kept) for kept in stores.values())
+    for store, kept in tail.items():  # the tail over the cache: the last value of each key
+        target = stores.setdefault(store, {})
+        for key, message in kept.items():
+            if message.value is None:
+                target.pop(key, None)
+            else:
+                target[key] = message.value
     error = None
     try:
-        engine = engine_from_records(config, records, base=cached)
+        engine = engine_from_records(config, (), base=stores)
     except ChangelogError as exc:
         error = exc
-    del base, cached
+    del stores
     give_back_freed_memory()  # the cached records and the rebuild's temporaries
     if error is not None:
         if count:
@@ -175,43 +186,53 @@ def read_changelog(
             log.warning("the local cache does not fit the changelog (%s): reading all of it", error)
             cache.clear()
             return read_changelog(config, cache, progress, progress_seconds, timeout_s)
-        place = where.get((error.store, error.key), f"the changelog {sorted(topics.values())}")
+        m = tail.get(error.store, {}).get(error.key)
+        place = (
+            f"{m.topic} partition {m.partition} offset {m.offset}"
+            if m is not None
+            else f"the changelog {sorted(topics.values())}"
+        )
         raise ChangelogError(f"{place}: {error}", error.store, error.key) from None
-    return Restored(engine, records, count, ends)
+    return Restored(engine, tail, read, count, ends)
 
 
 def _read(consumer, topics, starts, ends, batch, progress, progress_seconds, timeout_s):
-    """The records of each partition from ``starts`` to ``ends``, committed ones only, in
-    order, and where each key's last record was read (for error messages)."""
+    """The committed records of each partition from ``starts`` to ``ends``: by store, the last
+    message of each key (in the order read), and how many were read."""
     store_of = {topic: store for store, topic in topics.items()}
-    records: list[Record] = []
-    where: dict[tuple[str, bytes], str] = {}
+    tail: dict[str, dict[bytes, Message]] = {store: {} for store in topics}
+    end_of: dict[str, dict[int, int]] = {}
+    for tp, end in ends.items():
+        end_of.setdefault(tp.topic, {})[tp.partition] = end
     consumer.assign(starts)
     left = {tp for tp in ends if ends[tp] > starts.get(tp, 0)}
     total = sum(max(0, ends[tp] - starts.get(tp, 0)) for tp in ends)
+    read = 0
     started = last_report = time.monotonic()
     if progress is not None:
         progress(0, total)
     while left:
         for m in consumer.poll(batch, 0.5):
-            if m.offset >= ends[TopicPartition(m.topic, m.partition)]:
+            if m.offset >= end_of[m.topic][m.partition]:
                 continue  # committed after the ends were taken: not part of this state
-            store = store_of[m.topic]
-            records.append(Record(store, m.key or b"", m.value))
-            where[(store, m.key or b"")] = f"{m.topic} partition {m.partition} offset {m.offset}"
+            kept = tail[store_of[m.topic]]
+            key = m.key or b""
+            kept.pop(key, None)  # the last one at the end, in the order read
+            kept[key] = m
+            read += 1
         done = consumer.position(list(left))
         left = {tp for tp in left if done[tp] < ends[tp]}
         now = time.monotonic()
         if progress is not None:
-            progress(len(records), sum(ends[tp] - done[tp] for tp in left))
+            progress(read, sum(ends[tp] - done[tp] for tp in left))
         if now - last_report >= progress_seconds:
-            log.info("restoring from the changelog: %d of about %d records", len(records), total)
+            log.info("restoring from the changelog: %d of about %d records", read, total)
             last_report = now
         if now - started > timeout_s:
             raise TimeoutError(
                 f"could not read the changelog {sorted(topics.values())} within {timeout_s} s"
             )
     if progress is not None:
-        progress(len(records), 0)
-    log.info("read %d records of the changelog in %.1f s", len(records), time.monotonic() - started)
-    return records, where
+        progress(read, 0)
+    log.info("read %d records of the changelog in %.1f s", read, time.monotonic() - started)
+    return tail, read
