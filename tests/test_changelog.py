@@ -44,7 +44,6 @@ def canonical(engine: Engine):
     compared by content."""
     arrays, meta = engine.to_state()
     meta = json.loads(json.dumps(meta))
-    meta.pop("query_journal", None)  # the changelog writer's numbering, not the engine's state
     # A query id in both generations is looked up in the current one: the previous copy is
     # never read again (and a changelog keeps one record per id).
     previous, current = meta["queries"]

@@ -256,7 +256,6 @@ class ChangelogWriter:
         # (the scalars are written at every commit): it has records of its own.
         meta = e.scalars(backlog=False)
         meta["query_generation"] = e.ingest.queries.generation
-        meta["query_journal"] = {str(g): n for g, n in e.ingest.queries.journal.items()}
         meta["pending_seq"] = e.ingest.pending.last_seq
         if e.docs is not None:
             meta["docs"] = {
@@ -454,7 +453,7 @@ def engine_from_records(params, records: Iterable[Record], base: Stores | None =
     _blame(ENGINE, _SCALARS, _check, value, None, "the scalars record")
     meta = json.loads(value[1:])
     arrays: dict[str, np.ndarray] = {}
-    _restore_queries(engine_store, meta)
+    journal = _restore_queries(engine_store, meta)
     _restore_selector_backlog(engine_store, meta)
     _restore_pending(engine_store, meta, arrays)
     shape = meta.pop("docs", None)
@@ -462,10 +461,13 @@ def engine_from_records(params, records: Iterable[Record], base: Stores | None =
         _restore_documents(stores, shape, arrays, meta)
         _restore_window(engine_store, shape, arrays, meta)
     engine = Engine.from_state(params, arrays, meta)
+    engine.ingest.queries.journal = journal
     return engine
 
 
-def _restore_queries(store: dict[bytes, bytes], meta: dict) -> None:
+def _restore_queries(store: dict[bytes, bytes], meta: dict) -> dict[int, int]:
+    """The query memory's journal records into ``meta``; returns how many records each
+    generation has (where a writer goes on numbering)."""
     g = int(meta["query_generation"])
     records = []
     for key, value in store.items():
@@ -491,6 +493,10 @@ def _restore_queries(store: dict[bytes, bytes], meta: dict) -> None:
         except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
             raise ChangelogError(f"{what} does not decode: {exc}", ENGINE, key) from None
     records.sort(key=lambda r: (r[0], r[1]))
+    # The writer's numbering, from the records themselves: after each generation's last one.
+    journal: dict[int, int] = {}
+    for tag, n, _ in records:
+        journal[tag] = max(journal.get(tag, 0), n + 1)
     previous: dict = {}
     current: dict = {}
     for tag, _, entries in records:
@@ -504,6 +510,7 @@ def _restore_queries(store: dict[bytes, bytes], meta: dict) -> None:
         [[q, split, list(named)] for q, (split, named) in generation.items()]
         for generation in (previous, current)
     ]
+    return journal
 
 
 def _restore_selector_backlog(store: dict[bytes, bytes], meta: dict) -> None:

@@ -35,7 +35,8 @@ class QueryMemory:
         self.previous: dict[str, tuple[str, tuple[str, ...]]] = {}
         self.generation = 0  # how many times the current generation became the previous one
         # The changelog's bookkeeping (engine/changelog.py): how many journal records each
-        # generation has there, kept with the memory so that a restored writer goes on numbering.
+        # generation has there, kept with the memory so that a writer on an engine restored
+        # from the changelog goes on numbering (the restore counts them; not checkpointed).
         self.journal: dict[int, int] = {}
 
     def __len__(self) -> int:
@@ -61,7 +62,6 @@ class QueryMemory:
                 for generation in (self.previous, self.current)
             ],
             "query_generation": self.generation,
-            "query_journal": {str(g): n for g, n in self.journal.items()},
         }
 
     @classmethod
@@ -71,5 +71,4 @@ class QueryMemory:
         memory.previous = {q: (split, tuple(docs)) for q, split, docs in previous}
         memory.current = {q: (split, tuple(docs)) for q, split, docs in current}
         memory.generation = int(meta.get("query_generation", 0))
-        memory.journal = {int(g): int(n) for g, n in meta.get("query_journal", {}).items()}
         return memory
