@@ -324,7 +324,10 @@ def test_a_rebalance_during_a_commit_loses_nothing_and_counts_nothing_twice(
         wait_until_done(config, len(event_msgs), proc)
     finally:
         assert stop(proc) == 0, log.read_text()[-3000:]
-    assert log.read_text().count("partitions revoked") >= 2
+    # The rebalance the stalled commit met (the later intruders' rebalances revoke only when
+    # the service holds partitions then, which is up to the assignor: not asserted).
+    text = log.read_text()
+    assert "partitions revoked" in text[text.index("stalling at commit:offsets") :]
     check_same_as_replay(kafka_bootstrap, topics, config, replay_engine, replay_sink)
 
 
