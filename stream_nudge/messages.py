@@ -91,6 +91,7 @@ class Record:
     position: Any = None  # where it came from: (file, line) or (partition, offset)
     timestamp: float | None = None  # the broker's timestamp, in seconds, if any
     key: bytes | None = None
+    headers: list[tuple[str, bytes]] | None = None  # a Kafka record's headers, if any
 
 
 @dataclass(slots=True)

@@ -58,6 +58,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Whatever needs the PostgreSQL server is marked so: -m "not postgres" leaves it out.
+    for item in items:
+        if "postgres_dsn" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     outcome = yield
@@ -160,3 +167,40 @@ def shared_data() -> Path:
             "set STREAM_NUDGE_DATA to the folder that holds them"
         )
     return SHARED_DATA
+
+
+POSTGRES_SCRIPT = REPO / "deploy" / "postgres" / "postgres.sh"
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """The DSN of the session's real PostgreSQL server with pgvector, started by
+    ``deploy/postgres/postgres.sh`` on a free loopback port and stopped (by its PID) at the end;
+    ``STREAM_NUDGE_POSTGRES_DSN`` names a server of your own instead. In CI a server that does
+    not start fails the tests that need it."""
+    given = os.environ.get("STREAM_NUDGE_POSTGRES_DSN")
+    if given:
+        yield given
+        return
+    import tempfile
+
+    # Not under pytest's own temporary directory: that one is closed to other users, and the
+    # server runs as one of those when the tests run as root.
+    run_dir = tempfile.mkdtemp(prefix="stream-nudge-pg-")
+    os.chmod(run_dir, 0o755)
+    env = dict(os.environ, PG_PORT=str(_free_port()), PG_RUN_DIR=run_dir, PYTHON=sys.executable)
+    proc = subprocess.run(
+        [str(POSTGRES_SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=300
+    )
+    if proc.returncode != 0:
+        message = f"could not start PostgreSQL:\n{proc.stderr[-4000:]}"
+        if _in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield proc.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run([str(POSTGRES_SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
