@@ -110,6 +110,46 @@ def build_parser() -> argparse.ArgumentParser:
         "STREAM_NUDGE_KAFKA_SASL_USERNAME / _SASL_PASSWORD / _SSL_PASSWORD override the secrets.",
     )
     _config_arg(run)
+    sink = sub.add_parser(
+        "sink",
+        parents=[common],
+        help="the updates into a search backend: PostgreSQL + pgvector, or LanceDB",
+        description="Read the updates topic (read_committed) or an updates JSONL file and write "
+        "them into a search backend, exactly once: the backend stores the offsets it reflects "
+        "with the rows and the sink resumes from there. A row only moves to a higher generation; "
+        "deletions remove it. Environment: STREAM_NUDGE_SINK_TO overrides sink.to (a DSN with a "
+        "password belongs there), STREAM_NUDGE_KAFKA_BOOTSTRAP kafka.bootstrap_servers.",
+    )
+    sink.add_argument(
+        "--to",
+        metavar="URL",
+        help="postgresql://USER@HOST:PORT/DB[?table=NAME] or lancedb://PATH?table=NAME "
+        "(default: sink.to)",
+    )
+    sink.add_argument(
+        "--from",
+        dest="source_file",
+        metavar="UPDATES.jsonl",
+        help="an updates file (as replay --out writes) instead of the updates topic; the sink "
+        "stops at its end",
+    )
+    sink.add_argument(
+        "--table", metavar="NAME", help="the table (default: sink.table, stream_nudge_embeddings)"
+    )
+    sink.add_argument(
+        "--create",
+        action="store_true",
+        default=None,
+        help="create what is missing: pgvector's extension, the table and its vector index "
+        "(default: sink.create, false: refuse to start)",
+    )
+    sink.add_argument(
+        "--dead-letter",
+        metavar="FILE",
+        help="with --from: where records that are not updates go "
+        "(default: UPDATES.jsonl.sink-dead-letters.jsonl)",
+    )
+    _config_arg(sink)
     evaluate = sub.add_parser(
         "evaluate",
         parents=[common],
@@ -206,6 +246,9 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         return _evaluate(args, config)
 
+    if args.command == "sink":
+        return _sink(args, config)
+
     if args.command == "demo":
         from stream_nudge.demo import run_demo
 
@@ -244,6 +287,22 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     for line in summary.lines():
         print(line)
     return _judge_input("replay", summary, config.replay.warn_rejected_fraction, dead_letter)
+
+
+def _sink(args, config) -> int:
+    from stream_nudge.backends.sink import SinkService
+
+    changes = {
+        key: value
+        for key, value in (("to", args.to), ("table", args.table), ("create", args.create))
+        if value is not None
+    }
+    if changes:
+        config = dataclasses.replace(config, sink=dataclasses.replace(config.sink, **changes))
+    if args.source_file is not None and not os.path.isfile(args.source_file):
+        print(f"stream-nudge sink: --from: no such file: {args.source_file}", file=sys.stderr)
+        return EXIT_USAGE
+    return SinkService(config, args.source_file, args.dead_letter).run()
 
 
 def _judge_input(command: str, summary, warn_fraction: float, dead_letter: str) -> int:

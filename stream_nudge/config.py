@@ -217,6 +217,34 @@ class ProcessingConfig:
 
 
 @dataclass(frozen=True)
+class SinkConfig:
+    """``stream-nudge sink``: the updates topic (or an updates JSONL file) into a search backend."""
+
+    #: The backend: postgresql://USER[:PASSWORD]@HOST:PORT/DB (pgvector; ?table=NAME may name the
+    #: table) or lancedb://PATH?table=NAME (env STREAM_NUDGE_SINK_TO and --to override).
+    to: str = ""
+    #: The table the embeddings go to (PostgreSQL: schema.table allowed); a table named in the
+    #: URL wins. Beside it: <table>_offsets (where the sink resumes) and <table>_deleted.
+    table: str = "stream_nudge_embeddings"
+    #: Create what is missing (pgvector's extension, the table and its HNSW index; LanceDB's
+    #: directory and tables) instead of refusing to start (--create).
+    create: bool = False
+    #: A batch (one backend transaction) is written after this many records or this many ms,
+    #: whichever comes first, and at once when the input is caught up.
+    batch_records: int = 5000
+    batch_ms: int = 200
+    #: Records that are not updates go to this topic with their reason (empty: the updates topic
+    #: followed by -sink-dead-letters; created if absent).
+    dead_letters_topic: str = ""
+    #: /metrics and /healthz of the sink (0: off); beside `run`'s metrics.port on one host.
+    metrics_port: int = 9109
+    #: LanceDB: create the vector index once the table holds this many rows (an exact scan is
+    #: fast below that), and compact / fold new rows into the index this often.
+    lancedb_index_min_rows: int = 100_000
+    lancedb_optimize_interval_s: float = 600.0
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     #: Prometheus metrics and /healthz on this port (0: off).
     port: int = 9108
@@ -286,6 +314,7 @@ class Config(EngineParams):
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    sink: SinkConfig = field(default_factory=SinkConfig)
 
     def engine_params(self) -> EngineParams:
         """The engine's part of this configuration, without the rest."""
@@ -466,6 +495,21 @@ def _check(c: Config) -> None:
         fail("service.idle_select_seconds", "must be >= 0")
     if c.service.retry_backoff_max_seconds <= 0:
         fail("service.retry_backoff_max_seconds", "must be > 0")
+    sink = c.sink
+    if sink.to and not sink.to.startswith(("postgresql://", "postgres://", "lancedb://")):
+        fail("sink.to", "must be postgresql://USER@HOST:PORT/DB or lancedb://PATH?table=NAME")
+    if not sink.table.strip():
+        fail("sink.table", "must not be empty")
+    if sink.batch_records < 1:
+        fail("sink.batch_records", "must be >= 1")
+    if sink.batch_ms < 0:
+        fail("sink.batch_ms", "must be >= 0")
+    if not 0 <= sink.metrics_port <= 65535:
+        fail("sink.metrics_port", "must be between 0 (off) and 65535")
+    if sink.lancedb_index_min_rows < 1:
+        fail("sink.lancedb_index_min_rows", "must be >= 1")
+    if sink.lancedb_optimize_interval_s <= 0:
+        fail("sink.lancedb_optimize_interval_s", "must be > 0")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Config:
@@ -504,6 +548,8 @@ ENV_OVERRIDES = {
     "STREAM_NUDGE_STATE_DIR": ("checkpoint", "directory"),
     # ... and the metrics port, which the container's health check reads too.
     "STREAM_NUDGE_METRICS_PORT": ("metrics", "port"),
+    # The sink's backend URL may hold a password.
+    "STREAM_NUDGE_SINK_TO": ("sink", "to"),
 }
 # Overrides that are whole numbers (a value that is not one is left for the check to refuse).
 _INT_ENV = frozenset(("STREAM_NUDGE_METRICS_PORT",))

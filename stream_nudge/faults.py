@@ -6,7 +6,10 @@ during a restore, where a kill from outside would land only by chance.
 The points: ``commit:changelog`` (the batch's updates are in the open transaction, the changelog
 records are not), ``commit:offsets`` (everything is in the transaction, it is not committed),
 ``commit:committed`` (committed, the next transaction not begun) and ``restore`` (the changelog
-is read, the member has not started consuming). Unset (always, outside the tests) a point costs
+is read, the member has not started consuming); for ``stream-nudge sink``: ``sink:dead_letters``,
+``sink:write`` (a batch is about to go out), ``sink:written``, ``postgres:commit`` (the batch is in
+the open database transaction), ``lancedb:rows`` (the rows are committed, the deletion marks and
+offsets are not) and ``lancedb:marks``. Unset (always, outside the tests) a point costs
 a comparison.
 
 ``STREAM_NUDGE_STALL_AT=<point>:<n>:<seconds>`` makes it sleep there instead (logged first), so

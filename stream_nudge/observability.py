@@ -12,14 +12,76 @@ from typing import ClassVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["JsonFormatter", "Metrics", "setup_logging"]
+__all__ = ["Exposed", "JsonFormatter", "Metrics", "SinkMetrics", "setup_logging"]
 
 
-class Metrics:
+class Exposed:
+    """A registry of metrics served on /metrics, and /healthz: healthy while the loop ticks and
+    nothing failed for good."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.last_tick = time.monotonic()
+        self.failure: str | None = None  # why the service stopped working, if it did
+        self._server: ThreadingHTTPServer | None = None
+
+    def tick(self) -> None:
+        """The main loop is alive (for /healthz)."""
+        self.last_tick = time.monotonic()
+
+    def fail(self, reason: str) -> None:
+        """The service cannot go on: /healthz answers 503 from now on."""
+        self.failure = reason
+
+    def healthy(self, stale_after: float) -> bool:
+        return self.failure is None and time.monotonic() - self.last_tick < stale_after
+
+    def serve(self, host: str, port: int, stale_after: float = 120.0) -> int:
+        """Serve /metrics and /healthz on a background thread; returns the bound port."""
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path.startswith("/metrics"):
+                    body, ctype, status = (
+                        generate_latest(metrics.registry),
+                        CONTENT_TYPE_LATEST,
+                        200,
+                    )
+                elif self.path.startswith("/healthz"):
+                    ok = metrics.healthy(stale_after)
+                    body, ctype, status = (
+                        (b"ok\n" if ok else b"stalled\n"),
+                        "text/plain",
+                        200 if ok else 503,
+                    )
+                else:
+                    body, ctype, status = b"not found\n", "text/plain", 404
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Type", ctype)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):  # no access log on stderr
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
+        return self._server.server_address[1]
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+class Metrics(Exposed):
     """The service's metrics, in a registry of their own."""
 
     def __init__(self):
-        r = self.registry = CollectorRegistry()
+        super().__init__()
+        r = self.registry
         self.events = Counter(
             "stream_nudge_events_consumed", "Records consumed, by topic", ["topic"], registry=r
         )
@@ -88,60 +150,59 @@ class Metrics:
             "stream_nudge_reselection_duration_seconds", "Time to re-select gamma", registry=r
         )
         self.last_checkpoint = time.time()
-        self.last_tick = time.monotonic()
-        self.failure: str | None = None  # why the service stopped working, if it did
-        self._server: ThreadingHTTPServer | None = None
 
     def tick(self) -> None:
-        """The main loop is alive (for /healthz)."""
-        self.last_tick = time.monotonic()
+        super().tick()
         self.checkpoint_age.set(time.time() - self.last_checkpoint)
 
-    def fail(self, reason: str) -> None:
-        """The service cannot go on: /healthz answers 503 from now on."""
-        self.failure = reason
 
-    def healthy(self, stale_after: float) -> bool:
-        return self.failure is None and time.monotonic() - self.last_tick < stale_after
+class SinkMetrics(Exposed):
+    """``stream-nudge sink``'s metrics."""
 
-    def serve(self, host: str, port: int, stale_after: float = 120.0) -> int:
-        """Serve /metrics and /healthz on a background thread; returns the bound port."""
-        metrics = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                if self.path.startswith("/metrics"):
-                    body, ctype, status = (
-                        generate_latest(metrics.registry),
-                        CONTENT_TYPE_LATEST,
-                        200,
-                    )
-                elif self.path.startswith("/healthz"):
-                    ok = metrics.healthy(stale_after)
-                    body, ctype, status = (
-                        (b"ok\n" if ok else b"stalled\n"),
-                        "text/plain",
-                        200 if ok else 503,
-                    )
-                else:
-                    body, ctype, status = b"not found\n", "text/plain", 404
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):  # no access log on stderr
-                pass
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
-        return self._server.server_address[1]
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+    def __init__(self):
+        super().__init__()
+        r = self.registry
+        self.records = Counter(
+            "stream_nudge_sink_records_consumed",
+            "Update records read, by source",
+            ["source"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "stream_nudge_sink_dead_letters",
+            "Records that are not updates, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.upserts = Counter(
+            "stream_nudge_sink_rows_written",
+            "Rows inserted or updated in the backend (net of a batch)",
+            registry=r,
+        )
+        self.deletes = Counter(
+            "stream_nudge_sink_rows_deleted", "Deletions applied (net of a batch)", registry=r
+        )
+        self.batch_seconds = Histogram(
+            "stream_nudge_sink_batch_duration_seconds",
+            "Time to write one batch into the backend (one transaction)",
+            registry=r,
+        )
+        self.batch_records = Histogram(
+            "stream_nudge_sink_batch_records",
+            "Records (before netting) in one batch",
+            buckets=(1, 10, 100, 1_000, 10_000, 100_000),
+            registry=r,
+        )
+        self.lag = Gauge(
+            "stream_nudge_sink_lag",
+            "Update records not yet in the backend",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.rows = Gauge("stream_nudge_sink_backend_rows", "Documents in the backend", registry=r)
+        self.retries = Counter(
+            "stream_nudge_sink_retries", "Times the backend or Kafka was unreachable", registry=r
+        )
 
 
 class JsonFormatter(logging.Formatter):

@@ -13,6 +13,7 @@ import uuid
 
 import numpy as np
 import pytest
+from backend_helpers import assert_content, lance_content, pg_content
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,36 +36,6 @@ def oracle(changes: list[Change]) -> dict[str, tuple[int, np.ndarray]]:
         if c.id not in best or c.generation > best[c.id].generation:
             best[c.id] = c
     return {i: (c.generation, c.vector) for i, c in best.items() if c.vector is not None}
-
-
-def pg_content(dsn: str, table: str) -> dict[str, tuple[int, np.ndarray]]:
-    import psycopg
-    from pgvector.psycopg import register_vector
-
-    with psycopg.connect(dsn) as conn:
-        register_vector(conn)
-        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
-        if not exists:
-            return {}
-        rows = conn.execute(f"SELECT id, generation, embedding FROM {table}").fetchall()
-    return {i: (g, np.asarray(e.to_numpy(), dtype=np.float32)) for i, g, e in rows}
-
-
-def lance_content(path, table: str) -> dict[str, tuple[int, np.ndarray]]:
-    import lancedb
-
-    try:
-        data = lancedb.connect(str(path)).open_table(table).to_arrow().to_pylist()
-    except ValueError:  # no such table
-        return {}
-    return {r["id"]: (r["generation"], np.asarray(r["vector"], np.float32)) for r in data}
-
-
-def assert_content(got, want) -> None:
-    assert sorted(got) == sorted(want)
-    for doc_id, (generation, vector) in want.items():
-        assert got[doc_id][0] == generation, doc_id
-        np.testing.assert_array_equal(got[doc_id][1], vector)
 
 
 changes_strategy = st.lists(

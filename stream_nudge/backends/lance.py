@@ -31,6 +31,7 @@ import numpy as np
 
 from stream_nudge.backends.base import BackendError, Offsets
 from stream_nudge.backends.updates import Net
+from stream_nudge.faults import crash_point
 
 __all__ = ["LanceBackend", "parse_lance_url"]
 
@@ -128,7 +129,9 @@ class LanceBackend:
             ),
         ):
             name = self.table + suffix
-            table = self._open(name) or self._db.create_table(name, schema=schema)
+            table = self._open(name)  # (an empty table is falsy: no `or`)
+            if table is None:
+                table = self._db.create_table(name, schema=schema)
             if suffix == "_deleted":
                 self._deleted = table
             else:
@@ -217,6 +220,7 @@ class LanceBackend:
             merge.execute(data)
         elif gone:
             self._rows.delete(f"id IN ({_quoted(gone)})")
+        crash_point("lancedb:rows")
         new_marks = [c for c in deletes if c.generation is not None]
         superseded = [c.id for c in upserts if c.id in marks]
         if new_marks or superseded:
@@ -235,6 +239,7 @@ class LanceBackend:
             if superseded:
                 merge = merge.when_not_matched_by_source_delete(f"id IN ({_quoted(superseded)})")
             merge.execute(marks_data)
+        crash_point("lancedb:marks")
         if offsets:
             items = sorted(offsets.items())
             data = pa.table(

@@ -27,6 +27,7 @@ import numpy as np
 
 from stream_nudge.backends.base import BackendError, BackendUnavailable, Offsets
 from stream_nudge.backends.updates import Net
+from stream_nudge.faults import crash_point
 
 __all__ = ["PgVectorBackend", "split_table"]
 
@@ -229,6 +230,7 @@ class PgVectorBackend:
 
         try:
             self._write(net, offsets)
+            crash_point("postgres:commit")
             self._conn.commit()
         except psycopg.OperationalError as exc:
             self._rollback()
