@@ -10,10 +10,10 @@ def pg_content(dsn: str, table: str) -> dict[str, tuple[int, np.ndarray]]:
     from pgvector.psycopg import register_vector
 
     with psycopg.connect(dsn) as conn:
-        register_vector(conn)
         exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
         if not exists:
             return {}
+        register_vector(conn)
         rows = conn.execute(f"SELECT id, generation, embedding FROM {table}").fetchall()
     return {i: (g, np.asarray(e.to_numpy(), dtype=np.float32)) for i, g, e in rows}
 

@@ -19,6 +19,7 @@
 #   PG_OS_USER         the system user the server runs as when this script runs as root
 #                      (PostgreSQL refuses to run as root; created if absent; default stream-nudge-pg)
 #   PYTHON             a Python that may have the pgserver wheel  (default python3)
+#   PG_KEEP_DATA=1     stop keeps the data dir and start reuses it (to test a database outage)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -110,9 +111,19 @@ start() {
   bin="$(find_bin)"
   server_user
   mkdir -p "$RUN_DIR"
+  touch "$LOG_FILE"
+  if [ "${PG_KEEP_DATA:-0}" = 1 ] && [ -f "$DATA_DIR/PG_VERSION" ]; then
+    say "reusing the data in $DATA_DIR"
+  else
+    fresh_data "$bin"
+  fi
+  launch "$bin"
+}
+
+fresh_data() {
+  local bin="$1"
   rm -rf "$DATA_DIR"
   mkdir -p "$DATA_DIR"
-  : >"$LOG_FILE"
   if [ "$(id -u)" = 0 ]; then
     chown "$OS_USER" "$DATA_DIR" "$LOG_FILE"
     # The server's user must reach its data dir through every parent directory.
@@ -132,6 +143,10 @@ full_page_writes = off
 max_connections = 50
 shared_buffers = 256MB
 EOF
+}
+
+launch() {
+  local bin="$1"
   local t0=$SECONDS
   # setsid: the server gets its own session, so a Ctrl-C in the caller's terminal does not stop it half-way.
   as_server setsid "$bin/postgres" -D "$DATA_DIR" >>"$LOG_FILE" 2>&1 </dev/null &
@@ -177,7 +192,9 @@ stop() {
     say "stopped the server (pid $pid)"
   fi
   rm -f "$PID_FILE"
-  rm -rf "$DATA_DIR"
+  if [ "${PG_KEEP_DATA:-0}" != 1 ]; then
+    rm -rf "$DATA_DIR"
+  fi
 }
 
 status() {
