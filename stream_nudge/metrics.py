@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["rankings", "retrieval_metrics"]
+__all__ = ["ndcg_of_rankings", "rankings", "retrieval_metrics"]
 
 # Validation queries are scored against the corpus in blocks of this many queries.
 _QUERY_BLOCK = 256
@@ -94,11 +94,31 @@ def retrieval_metrics(
         n_rel = int((grades > 0).sum())
         for k in ks:
             recall[k].append(hits[:k].sum() / min(n_rel, k))
-        gains = grades[ranked[i][:ndcg_k]]
-        ideal = np.sort(grades)[::-1][:ndcg_k]
-        ndcg.append((gains * discount[: len(gains)]).sum() / (ideal * discount[: len(ideal)]).sum())
+        ndcg.append(_ndcg(grades[ranked[i][:ndcg_k]], np.sort(grades)[::-1][:ndcg_k], discount))
         mrr.append(1.0 / (first_hit[i] + 1) if first_hit[i] >= 0 else 0.0)
     out = {f"R@{k}": 100.0 * float(np.mean(v)) for k, v in recall.items()}
     out[f"NDCG@{ndcg_k}"] = 100.0 * float(np.mean(ndcg))
     out["MRR"] = 100.0 * float(np.mean(mrr))
     return out
+
+
+def _ndcg(gains: np.ndarray, ideal: np.ndarray, discount: np.ndarray) -> float:
+    return (gains * discount[: len(gains)]).sum() / (ideal * discount[: len(ideal)]).sum()
+
+
+def ndcg_of_rankings(
+    ranked: Sequence[Sequence[str]], relevant: Sequence[Mapping[str, float]], k: int = 10
+) -> float:
+    """Mean NDCG@k in percent of rankings someone else made (a search backend's answers: the
+    ids it returned, best first), as :func:`retrieval_metrics` computes it.
+
+    >>> ndcg_of_rankings([["a", "b"], ["c", "a"]], [{"a": 1.0}, {"a": 1.0}], k=2)
+    81.54648767857287
+    """
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    out = []
+    for ids, rel in zip(ranked, relevant, strict=True):
+        gains = np.array([rel.get(i, 0.0) for i in list(ids)[:k]], dtype=np.float64)
+        ideal = np.sort(np.fromiter(rel.values(), dtype=np.float64))[::-1][:k]
+        out.append(_ndcg(gains, ideal, discount))
+    return 100.0 * float(np.mean(out))

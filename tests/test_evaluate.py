@@ -10,6 +10,8 @@ import numpy as np
 import orjson
 import pytest
 import pytrec_eval
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from streams import doc_message, event_message, write_jsonl
 
 from stream_nudge.cli import main
@@ -263,3 +265,24 @@ def test_what_evaluate_drops_is_said_in_the_terminal_and_in_results_md(tmp_path,
         assert rejected in text and skipped in text
     data = json.loads((out / "results.json").read_text())["data"]
     assert sum(data["dead_letters"].values()) == 2 and data["test_queries_skipped"] == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_docs=st.integers(2, 40), k=st.integers(1, 12))
+def test_ndcg_of_a_backends_rankings_is_retrieval_metrics_ndcg(seed, n_docs, k):
+    """The NDCG of rankings given as ids (a search backend's answers) is the one
+    retrieval_metrics computes from the embeddings that ranked them."""
+    from stream_nudge.metrics import ndcg_of_rankings
+
+    rng = np.random.default_rng(seed)
+    docs = rng.standard_normal((n_docs, 4)).astype(np.float32)
+    queries = rng.standard_normal((6, 4)).astype(np.float32)
+    relevance = [
+        {int(r): float(rng.integers(1, 3)) for r in rng.choice(n_docs, rng.integers(1, 4))}
+        for _ in queries
+    ]
+    ids = [f"d{i}" for i in range(n_docs)]
+    ranked = [[ids[r] for r in row] for row in rankings(docs, queries, k)]
+    by_id = [{ids[r]: g for r, g in rel.items()} for rel in relevance]
+    want = retrieval_metrics(docs, queries, relevance, ks=(1,), ndcg_k=k)[f"NDCG@{k}"]
+    assert ndcg_of_rankings(ranked, by_id, k) == pytest.approx(want, abs=1e-9)
