@@ -548,11 +548,12 @@ ENV_OVERRIDES = {
     "STREAM_NUDGE_STATE_DIR": ("checkpoint", "directory"),
     # ... and the metrics port, which the container's health check reads too.
     "STREAM_NUDGE_METRICS_PORT": ("metrics", "port"),
-    # The sink's backend URL may hold a password.
+    # The sink's backend URL may hold a password; its metrics port, for its container's checks.
     "STREAM_NUDGE_SINK_TO": ("sink", "to"),
+    "STREAM_NUDGE_SINK_METRICS_PORT": ("sink", "metrics_port"),
 }
 # Overrides that are whole numbers (a value that is not one is left for the check to refuse).
-_INT_ENV = frozenset(("STREAM_NUDGE_METRICS_PORT",))
+_INT_ENV = frozenset(("STREAM_NUDGE_METRICS_PORT", "STREAM_NUDGE_SINK_METRICS_PORT"))
 
 
 def env_overrides(environ) -> dict:

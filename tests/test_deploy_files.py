@@ -94,3 +94,29 @@ def test_kubernetes_does_not_pull_an_image_no_registry_serves_and_systemd_instal
     assert container["imagePullPolicy"] == "IfNotPresent"
     unit = (DEPLOY / "systemd" / "stream-nudge.service").read_text()
     assert "pip install stream-nudge" not in unit and "pip install /opt/src/stream-nudge" in unit
+
+
+def test_the_sink_runs_beside_the_service_in_every_deploy_file(monkeypatch):
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yaml").read_text())
+    sink = compose["services"]["stream-nudge-sink"]
+    assert sink["entrypoint"][:2] == ["stream-nudge", "sink"]
+    env = sink["environment"]
+    # It writes to the compose file's own PostgreSQL, by its service name, and the image's health
+    # check reads the port the sink serves on.
+    assert "@postgres:5432/" in env["STREAM_NUDGE_SINK_TO"] and "postgres" in compose["services"]
+    assert env["STREAM_NUDGE_METRICS_PORT"] == env["STREAM_NUDGE_SINK_METRICS_PORT"]
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config = load_config()
+    assert config.sink.metrics_port == int(env["STREAM_NUDGE_SINK_METRICS_PORT"])
+    assert config.sink.to == env["STREAM_NUDGE_SINK_TO"]
+    assert "'.[sinks]'" in (DEPLOY / "Dockerfile").read_text()
+    (deployment,) = yaml.safe_load_all(
+        (DEPLOY / "kubernetes" / "stream-nudge-sink.yaml").read_text()
+    )
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"][:2] == ["stream-nudge", "sink"]
+    port = {e["name"]: e.get("value") for e in container["env"]}["STREAM_NUDGE_SINK_METRICS_PORT"]
+    assert container["ports"][0]["containerPort"] == int(port)
+    unit = (DEPLOY / "systemd" / "stream-nudge-sink.service").read_text()
+    assert "stream-nudge sink --config" in unit and "[sinks]" in unit
