@@ -278,3 +278,102 @@ def test_what_is_not_an_update_is_a_dead_letter_with_its_reason(value, key, reas
 def test_a_tombstone_with_a_bad_generation_header_is_a_dead_letter():
     got = decode_update(record(None, headers=[("generation", b"x1")]), 3)
     assert isinstance(got, DeadLetter) and got.reason == "wrong_type"
+
+
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),  # what orjson writes
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=4),
+)
+_numbers = st.one_of(
+    st.floats(-1e40, 1e40, allow_nan=False, allow_infinity=False),
+    st.integers(-5, 5),
+    # Around float32's largest: a number beyond it is infinite in float32, a dead letter.
+    st.sampled_from([3.4028235e38, 3.4028236e38, -1e39, 1e-46]),
+)
+_update_fields = st.fixed_dictionaries(
+    {
+        "id": st.one_of(st.sampled_from(["d1", "d'2"]), st.sampled_from(["", 7]), _values),
+        "generation": st.one_of(st.integers(0, 2**63 - 1), st.integers(-2, 2**64 - 1), _values),
+        "embedding": st.one_of(
+            st.lists(_numbers, min_size=3, max_size=3),
+            st.lists(_numbers, min_size=2, max_size=4),
+            st.lists(st.one_of(_numbers, _values), min_size=3, max_size=3),
+            st.lists(st.lists(_numbers, min_size=1, max_size=2), min_size=3, max_size=3),
+            _values,
+        ),
+    },
+    optional={
+        "similarity": st.one_of(st.sampled_from(["cosine", "dot", "l2"]), _values),
+        "method": st.just("nudge-n"),
+        "gamma": st.floats(0, 1),
+        "deleted": st.booleans(),
+        "extra": _values,
+    },
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    fields=_update_fields,
+    drop=st.sampled_from([None, "id", "generation", "embedding"]),
+    repeat=st.booleans(),
+    dimension=st.sampled_from([None, 3]),
+)
+def test_the_fast_update_path_decodes_as_the_reference(
+    fields, drop, repeat, dimension, monkeypatch
+):
+    """simdjson's path gives what the orjson path alone gives, or leaves the record to it."""
+    import orjson
+
+    fields.pop(drop, None)
+    value = orjson.dumps(fields)
+    if repeat and fields:
+        # A repeated key: orjson keeps the last, simdjson would find the first.
+        first = next(iter(fields))
+        value = value[:-1] + b"," + orjson.dumps({first: "again"})[1:]
+    assert_decoded_as_the_reference(value, dimension, monkeypatch)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    vector=st.lists(_numbers, min_size=3, max_size=3),
+    generation=st.integers(0, 2**63 - 1),
+    similarity=st.sampled_from([None, "cosine", "dot"]),
+    dimension=st.sampled_from([None, 3]),
+)
+def test_the_fast_update_path_reads_the_numbers_as_the_reference(
+    vector, generation, similarity, dimension, monkeypatch
+):
+    """Updates as `run` writes them, with any numbers: the same vector (float64 rounded to
+    float32) or the same dead letter (beyond float32) either way."""
+    import orjson
+
+    fields = {"id": "d", "embedding": vector, "generation": generation}
+    if similarity is not None:
+        fields["similarity"] = similarity
+    assert_decoded_as_the_reference(orjson.dumps(fields), dimension, monkeypatch)
+
+
+def assert_decoded_as_the_reference(value: bytes, dimension, monkeypatch) -> None:
+    from stream_nudge.backends import updates
+
+    got = decode_update(record(value, key=None), dimension)
+    with monkeypatch.context() as m:
+        m.setattr(updates, "_fast_update", lambda *_: None)
+        want = decode_update(record(value, key=None), dimension)
+    if isinstance(want, DeadLetter):
+        assert isinstance(got, DeadLetter) and got.reason == want.reason
+    else:
+        assert got.id == want.id and got.generation == want.generation
+        assert got.similarity == want.similarity
+        if want.vector is None:
+            assert got.vector is None
+        else:
+            np.testing.assert_array_equal(got.vector, want.vector)

@@ -20,13 +20,22 @@ from typing import NamedTuple
 
 import numpy as np
 import orjson
+import simdjson
 
-from stream_nudge.messages import DeadLetter, Record, _from_base64, _from_lists
+from stream_nudge.messages import (
+    DeadLetter,
+    Record,
+    _from_base64,
+    _from_lists,
+    _simdjson_parser,
+)
 
 __all__ = ["Change", "Net", "decode_update", "net_changes", "similarity_of"]
 
 #: A generation header or field beyond this is refused (a signed 64-bit column holds it).
 _MAX_GENERATION = 2**63 - 1
+#: The fields an update has (what `run` writes); others send it the reference path.
+_FAST_KEYS = frozenset(("id", "embedding", "method", "gamma", "generation", "similarity"))
 
 
 class Change(NamedTuple):
@@ -83,6 +92,11 @@ def decode_update(record: Record, dimension: int | None) -> Change | DeadLetter:
         if isinstance(generation, DeadLetter):
             return generation
         return Change(key, generation, None)
+    fast = _fast_update(record.value, dimension)
+    if fast is not None:
+        doc_id, generation, similarity, vector = fast
+        if key is None or key == doc_id:
+            return Change(doc_id, generation, vector, similarity)
     try:
         obj = orjson.loads(record.value)
     except orjson.JSONDecodeError as exc:
@@ -110,6 +124,46 @@ def decode_update(record: Record, dimension: int | None) -> Change | DeadLetter:
     if isinstance(vector, DeadLetter):
         return vector
     return Change(doc_id, generation, vector, similarity)
+
+
+def _fast_update(value: bytes, dimension: int | None):
+    """``(id, generation, similarity, vector)`` of a plain update whose embedding is a JSON array
+    of numbers, read with simdjson (its vector straight into float64, no Python float per
+    number); None for anything else, which the reference path (orjson) then decides, as the
+    engine's batch decoder does (:func:`stream_nudge.messages._simdjson_record`): more than one
+    ``[`` (simdjson would flatten nested arrays), repeated keys, a key it does not know, a value
+    of another type, a vector that is not finite in float32."""
+    start = value.find(b"[")
+    if start < 0 or value.find(b"[", start + 1) >= 0 or not value.startswith(b"{"):
+        return None
+    try:
+        obj = _simdjson_parser().parse(value)
+        if obj.__class__ is not simdjson.Object:
+            return None
+        keys = list(obj.keys())
+        if len(set(keys)) != len(keys) or not _FAST_KEYS.issuperset(keys):
+            return None
+        if "id" not in keys or "generation" not in keys or "embedding" not in keys:
+            return None
+        doc_id, generation = obj["id"], obj["generation"]
+        similarity = obj["similarity"] if "similarity" in keys else None
+        if doc_id.__class__ is not str or not doc_id or generation.__class__ is not int:
+            return None
+        if not 0 <= generation <= _MAX_GENERATION or similarity not in (None, "cosine", "dot"):
+            return None
+        vector = obj["embedding"]
+        if vector.__class__ is not simdjson.Array or not len(vector):
+            return None
+        if dimension is not None and len(vector) != dimension:
+            return None
+        doubles = vector.as_buffer(of_type="d")
+    except (ValueError, RuntimeError, TypeError, KeyError):  # not JSON, or not numbers
+        return None
+    with np.errstate(over="ignore"):  # beyond float32: inf, left to the reference path
+        out = np.frombuffer(doubles, dtype=np.float64).astype(np.float32)
+    if not np.isfinite(out).all():
+        return None
+    return doc_id, generation, similarity, out
 
 
 def _vector(obj: dict, record: Record, dimension: int | None) -> np.ndarray | DeadLetter:

@@ -1,0 +1,470 @@
+"""``stream-nudge sink`` into PostgreSQL + pgvector and LanceDB: throughput and latency.
+
+    python benchmarks/bench_sink.py                 # starts PostgreSQL and a Kafka broker itself
+    python benchmarks/bench_sink.py --only throughput --rows 20000
+
+throughput: --rows updates of distinct documents (d = --dim, JSON vectors, as `run` publishes
+them) in an updates file go through the sink (`SinkService` from the file: decode, one batch per
+--batch records, each one transaction with its offsets) into a fresh table; next to it, in the same
+run, the same rows already decoded written by a bare COPY (binary) into a table of the same
+columns, one transaction per batch (PostgreSQL), or by a bare `merge_insert` by id of each batch
+(LanceDB). PostgreSQL is measured with the HNSW index (what a search needs, and what a bare COPY
+into a searchable table also pays) and without it (the sink's own cost). Best of --repeat rounds,
+alternating sink and baseline.
+
+latency: a transactional producer writes updates to the updates topic at --rate updates/s (one
+transaction every 100 ms) for --seconds; the sink runs as its own process (`stream-nudge sink`);
+a poller reads the highest generation the table holds every 10 ms. An update's latency is the time
+from its transaction's commit to the first poll that sees its generation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from stream_nudge.backends.sink import SinkService  # noqa: E402
+from stream_nudge.config import load_config  # noqa: E402
+from stream_nudge.messages import encode_update  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_postgres() -> tuple[str, dict]:
+    run_dir = tempfile.mkdtemp(prefix="bench-pg-")
+    os.chmod(run_dir, 0o755)
+    env = dict(os.environ, PG_PORT=str(free_port()), PG_RUN_DIR=run_dir, PYTHON=sys.executable)
+    done = subprocess.run(
+        [str(REPO / "deploy/postgres/postgres.sh"), "start"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip().splitlines()[-1], env
+
+
+def stop_postgres(env: dict) -> None:
+    subprocess.run(
+        [str(REPO / "deploy/postgres/postgres.sh"), "stop"], env=env, capture_output=True
+    )
+    shutil.rmtree(env["PG_RUN_DIR"], ignore_errors=True)
+
+
+def make_rows(n: int, dim: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [f"doc-{i}" for i in range(n)]
+    return ids, vectors
+
+
+def write_updates(path: Path, ids, vectors) -> Path:
+    with path.open("wb") as f:
+        for g, (doc_id, v) in enumerate(zip(ids, vectors, strict=True), start=1):
+            f.write(encode_update(doc_id, v, "nudge-n", 0.1, g, "cosine") + b"\n")
+    return path
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------
+
+
+def pg_table(dsn: str, name: str, dim: int, index: bool) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        conn.execute(
+            f"CREATE TABLE {name} (id text PRIMARY KEY, embedding vector({dim}) NOT NULL, "
+            "generation bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
+        )
+        if index:
+            conn.execute(f"CREATE INDEX ON {name} USING hnsw (embedding vector_cosine_ops)")
+
+
+def pg_bare_copy(dsn: str, name: str, ids, vectors, batch: int) -> float:
+    import psycopg
+    from pgvector.psycopg import register_vector
+
+    with psycopg.connect(dsn) as conn:
+        register_vector(conn)
+        started = time.perf_counter()
+        for lo in range(0, len(ids), batch):
+            with (
+                conn.cursor() as cur,
+                cur.copy(
+                    f"COPY {name} (id, embedding, generation) FROM STDIN WITH (FORMAT BINARY)"
+                ) as copy,
+            ):
+                copy.set_types(["text", "vector", "int8"])
+                for i in range(lo, min(lo + batch, len(ids))):
+                    copy.write_row((ids[i], vectors[i], i + 1))
+            conn.commit()
+        return time.perf_counter() - started
+
+
+def run_sink_file(to: str, table: str, updates: Path, batch: int) -> float:
+    config = load_config(
+        overrides={
+            "sink": {
+                "to": to,
+                "table": table,
+                "batch_records": batch,
+                "metrics_port": 0,
+                "create": True,
+            },
+            "kafka": {"max_poll_records": batch},
+            "logging": {"level": "WARNING"},
+        }
+    )
+    started = time.perf_counter()
+    code = SinkService(config, str(updates), str(updates) + ".dead").run()
+    seconds = time.perf_counter() - started
+    assert code == 0
+    return seconds
+
+
+def pg_count(dsn: str, name: str) -> int:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+
+
+def throughput_postgres(dsn: str, rows: int, dim: int, batch: int, repeat: int, work: Path) -> dict:
+    ids, vectors = make_rows(rows, dim)
+    updates = write_updates(work / "updates.jsonl", ids, vectors)
+    out = {}
+    for index in (False, True):
+        best_sink = best_bare = float("inf")
+        for r in range(repeat):
+            sink_table, bare_table = f"s_{uuid.uuid4().hex[:8]}", f"b_{uuid.uuid4().hex[:8]}"
+            for t in (sink_table, bare_table):
+                pg_table(dsn, t, dim, index)
+            order = ("sink", "bare") if r % 2 == 0 else ("bare", "sink")
+            for what in order:
+                if what == "sink":
+                    seconds = run_sink_file(dsn, sink_table, updates, batch)
+                    assert pg_count(dsn, sink_table) == rows
+                    best_sink = min(best_sink, seconds)
+                else:
+                    seconds = pg_bare_copy(dsn, bare_table, ids, vectors, batch)
+                    assert pg_count(dsn, bare_table) == rows
+                    best_bare = min(best_bare, seconds)
+                print(
+                    f"  postgres index={index} round {r} {what}: {rows / seconds:,.0f} rows/s",
+                    flush=True,
+                )
+        key = "with_hnsw" if index else "no_index"
+        out[key] = {
+            "sink_rows_per_s": rows / best_sink,
+            "bare_copy_rows_per_s": rows / best_bare,
+            "ratio": best_bare / best_sink,
+        }
+        print(
+            f"postgres {key}: sink {rows / best_sink:,.0f} rows/s, bare COPY {rows / best_bare:,.0f} "
+            f"rows/s -> {best_bare / best_sink:.2f}x",
+            flush=True,
+        )
+    return out
+
+
+# --- LanceDB --------------------------------------------------------------------------------
+
+
+def lance_bare_merge(path: Path, ids, vectors, batch: int) -> float:
+    import lancedb
+    import pyarrow as pa
+
+    dim = vectors.shape[1]
+    schema = pa.schema(
+        [
+            pa.field("id", pa.string(), False),
+            pa.field("vector", pa.list_(pa.float32(), dim)),
+            ("generation", pa.int64()),
+            ("updated_at", pa.timestamp("us", tz="UTC")),
+        ]
+    )
+    table = lancedb.connect(str(path)).create_table("bare", schema=schema)
+    started = time.perf_counter()
+    for lo in range(0, len(ids), batch):
+        hi = min(lo + batch, len(ids))
+        data = pa.table(
+            {
+                "id": pa.array(ids[lo:hi], pa.string()),
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors[lo:hi].ravel()), dim),
+                "generation": pa.array(np.arange(lo + 1, hi + 1), pa.int64()),
+                "updated_at": pa.array(
+                    np.full(hi - lo, time.time_ns() // 1000), pa.timestamp("us", tz="UTC")
+                ),
+            },
+            schema=schema,
+        )
+        table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(
+            data
+        )
+    seconds = time.perf_counter() - started
+    assert table.count_rows() == len(ids)
+    return seconds
+
+
+def throughput_lancedb(rows: int, dim: int, batch: int, repeat: int, work: Path) -> dict:
+    import lancedb
+
+    ids, vectors = make_rows(rows, dim)
+    updates = write_updates(work / "updates.jsonl", ids, vectors)
+    best_sink = best_bare = float("inf")
+    for r in range(repeat):
+        order = ("sink", "bare") if r % 2 == 0 else ("bare", "sink")
+        for what in order:
+            path = work / f"lance-{what}-{r}"
+            if what == "sink":
+                seconds = run_sink_file(f"lancedb://{path}?table=sink", "sink", updates, batch)
+                assert lancedb.connect(str(path)).open_table("sink").count_rows() == rows
+                best_sink = min(best_sink, seconds)
+            else:
+                seconds = lance_bare_merge(path, ids, vectors, batch)
+                best_bare = min(best_bare, seconds)
+            print(f"  lancedb round {r} {what}: {rows / seconds:,.0f} rows/s", flush=True)
+            shutil.rmtree(path, ignore_errors=True)
+    print(
+        f"lancedb: sink {rows / best_sink:,.0f} rows/s, bare merge_insert {rows / best_bare:,.0f} "
+        f"rows/s -> {best_bare / best_sink:.2f}x",
+        flush=True,
+    )
+    return {
+        "sink_rows_per_s": rows / best_sink,
+        "bare_merge_insert_rows_per_s": rows / best_bare,
+        "ratio": best_bare / best_sink,
+    }
+
+
+# --- latency ----------------------------------------------------------------------------------
+
+
+def start_broker(run_dir: Path) -> tuple[str, dict]:
+    env = dict(
+        os.environ,
+        KAFKA_PORT=str(free_port()),
+        KAFKA_CONTROLLER_PORT=str(free_port()),
+        KAFKA_RUN_DIR=str(run_dir),
+        PYTHON=sys.executable,
+    )
+    subprocess.run(
+        [str(REPO / "deploy/kafka/kafka.sh"), "start"], env=env, check=True, capture_output=True
+    )
+    return f"127.0.0.1:{env['KAFKA_PORT']}", env
+
+
+class Poller(threading.Thread):
+    """The highest generation the backend holds, every ``every`` s: when each became visible."""
+
+    def __init__(self, read_max, every: float = 0.01):
+        super().__init__(daemon=True)
+        self.read_max, self.every = read_max, every
+        self.seen: list[tuple[float, int]] = []
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                value = self.read_max()
+            except Exception:
+                value = None
+            if value is not None and (not self.seen or value > self.seen[-1][1]):
+                self.seen.append((time.monotonic(), value))
+            time.sleep(self.every)
+
+    def visible_at(self, generation: int) -> float | None:
+        for t, g in self.seen:
+            if g >= generation:
+                return t
+        return None
+
+
+def latency(
+    backend: str, to: str, bootstrap: str, rate: int, seconds: float, dim: int, work: Path
+) -> dict:
+    import confluent_kafka as ck
+    import yaml
+
+    topic = f"updates-{uuid.uuid4().hex[:8]}"
+    admin = ck.admin.AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([ck.admin.NewTopic(topic, 3, 1)])[topic].result(30)
+    table = f"lat_{uuid.uuid4().hex[:8]}"
+    config = work / f"sink-{backend}.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "kafka": {
+                    "bootstrap_servers": bootstrap,
+                    "topics": {"updates": topic},
+                    "poll_timeout_ms": 100,
+                },
+                "sink": {"to": to, "table": table, "create": True, "metrics_port": 0},
+                "logging": {"level": "WARNING"},
+            }
+        )
+    )
+    env = dict(os.environ)
+    env.pop("STREAM_NUDGE_KAFKA_BOOTSTRAP", None)
+    log = work / f"sink-{backend}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream_nudge", "sink", "--config", str(config)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    if backend == "lancedb":
+        import lancedb
+
+        path = to[len("lancedb://") :].partition("?")[0]
+
+        def read_max():
+            t = lancedb.connect(path).open_table(table)
+            data = t.to_arrow().column("generation")
+            return max(data.to_pylist(), default=None)
+    else:
+        import psycopg
+
+        conn = psycopg.connect(to, autocommit=True)
+
+        def read_max():
+            exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
+            if not exists:
+                return None
+            return conn.execute(f"SELECT max(generation) FROM {table}").fetchone()[0]
+
+    poller = Poller(read_max)
+    poller.start()
+    producer = ck.Producer(
+        {"bootstrap.servers": bootstrap, "transactional.id": f"bench-{topic}", "linger.ms": 5}
+    )
+    producer.init_transactions(30)
+    rng = np.random.default_rng(1)
+    docs = 5000
+    vectors = rng.standard_normal((docs, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    per_tx = max(1, rate // 10)
+    generation = 0
+    committed: list[tuple[int, float]] = []  # (last generation of a transaction, commit time)
+    # Warm-up: the table is created and the index built on the first updates, not timed.
+    started = time.monotonic()
+    end = started + seconds + 3.0
+    next_at = started
+    while time.monotonic() < end:
+        producer.begin_transaction()
+        for _ in range(per_tx):
+            generation += 1
+            i = int(rng.integers(docs))
+            value = encode_update(f"doc-{i}", vectors[i], "nudge-n", 0.1, generation, "cosine")
+            producer.produce(
+                topic,
+                value,
+                f"doc-{i}".encode(),
+                headers=[("generation", str(generation).encode())],
+            )
+        producer.commit_transaction(30)
+        committed.append((generation, time.monotonic()))
+        next_at += 0.1
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    deadline = time.monotonic() + 30
+    while poller.visible_at(generation) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    poller.stop.set()
+    proc.send_signal(15)
+    proc.wait(timeout=60)
+    timed = [(g, t) for g, t in committed if t - started >= 3.0]
+    # Every update of a transaction became visible no later than its last one.
+    latencies = []
+    previous = timed[0][0] - per_tx if timed else 0
+    for g, t in timed:
+        seen = poller.visible_at(g)
+        if seen is None:
+            raise RuntimeError(f"generation {g} never became visible; see {log}")
+        latencies.extend([seen - t] * (g - previous))
+        previous = g
+    ms = np.array(latencies) * 1000.0
+    result = {
+        "updates": len(latencies),
+        "rate": rate,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "max_ms": float(ms.max()),
+    }
+    print(
+        f"latency {backend}: {result['updates']:,} updates at {rate}/s: p50 {result['p50_ms']:.0f} ms, "
+        f"p99 {result['p99_ms']:.0f} ms, max {result['max_ms']:.0f} ms",
+        flush=True,
+    )
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", choices=["throughput", "latency"])
+    p.add_argument("--backend", choices=["postgresql", "lancedb", "both"], default="both")
+    p.add_argument("--rows", type=int, default=50_000)
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--batch", type=int, default=5000)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--rate", type=int, default=2000)
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--bootstrap", help="a running broker (default: start one)")
+    p.add_argument("--json", type=Path)
+    a = p.parse_args()
+    backends = ["postgresql", "lancedb"] if a.backend == "both" else [a.backend]
+    work = Path(tempfile.mkdtemp(prefix="bench-sink-"))
+    dsn, pg_env = start_postgres() if "postgresql" in backends else (None, None)
+    broker_env = None
+    results: dict = {"rows": a.rows, "dim": a.dim, "batch": a.batch}
+    try:
+        if a.only in (None, "throughput"):
+            if "postgresql" in backends:
+                results["postgresql"] = throughput_postgres(
+                    dsn, a.rows, a.dim, a.batch, a.repeat, work
+                )
+            if "lancedb" in backends:
+                results["lancedb"] = throughput_lancedb(a.rows, a.dim, a.batch, a.repeat, work)
+        if a.only in (None, "latency"):
+            bootstrap = a.bootstrap
+            if bootstrap is None:
+                bootstrap, broker_env = start_broker(work / "kafka")
+            for backend in backends:
+                to = dsn if backend == "postgresql" else f"lancedb://{work / 'lance-latency'}"
+                results[f"latency_{backend}"] = latency(
+                    backend, to, bootstrap, a.rate, a.seconds, a.dim, work
+                )
+    finally:
+        if pg_env is not None:
+            stop_postgres(pg_env)
+        if broker_env is not None:
+            subprocess.run(
+                [str(REPO / "deploy/kafka/kafka.sh"), "stop"], env=broker_env, capture_output=True
+            )
+        shutil.rmtree(work, ignore_errors=True)
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
