@@ -160,6 +160,20 @@ def test_postgres_without_create_names_the_missing_table_and_the_flag(postgres_d
         backend.open()
 
 
+def test_a_database_or_role_that_does_not_exist_fails_at_once(postgres_dsn):
+    from stream_nudge.backends import BackendUnavailable
+
+    base = postgres_dsn.rsplit("/", 1)[0]
+    for dsn, what in (
+        (base + "/no_such_db", "no_such_db"),
+        (base.replace("postgres@", "nobody@") + "/postgres", "nobody"),
+    ):
+        with pytest.raises(BackendError, match=what) as info:
+            open_backend(dsn, "t").open()
+        # Not "unavailable": waiting would not help, the sink stops with the message.
+        assert not isinstance(info.value, BackendUnavailable)
+
+
 def test_a_wrong_dsn_names_the_server_and_what_to_check(postgres_dsn):
     from stream_nudge.backends import BackendUnavailable
 

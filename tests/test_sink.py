@@ -193,3 +193,12 @@ def test_sink_without_a_backend_or_with_a_bad_url_says_so(tmp_path):
         sink_config(tmp_path / "c.yaml", "lancedb://x"), "--from", str(tmp_path / "nope")
     )
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_a_sink_pointed_at_a_database_that_does_not_exist_stops_at_once(tmp_path, postgres_dsn):
+    wrong = postgres_dsn.rsplit("/", 1)[0] + "/no_such_database"
+    updates = write_updates_file(tmp_path / "u.jsonl", update_stream(n_docs=3, rounds=1), bad=False)
+    done = run_sink(sink_config(tmp_path / "c.yaml", wrong), "--from", str(updates), timeout=30)
+    assert done.returncode == 1
+    assert "no_such_database" in done.stderr and "check sink.to" in done.stderr
+    assert "retrying" not in done.stderr

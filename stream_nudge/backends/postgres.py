@@ -53,6 +53,19 @@ def split_table(url: str, default: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), table
 
 
+#: A server that refuses a connection for these reasons may accept it soon.
+_PASSING = ("starting up", "shutting down", "too many", "in recovery", "not yet accepting")
+
+
+def _refused_for_good(text: str) -> bool:
+    """Whether a failed connection cannot work by waiting: the server answered and refused (no
+    such database or role, a wrong password) or the DSN itself is wrong; not a server that is
+    down, unreachable, or starting."""
+    if "connection is bad" in text or ("invalid" in text and "FATAL" not in text):
+        return True
+    return "FATAL" in text and not any(reason in text for reason in _PASSING)
+
+
 def _redacted(dsn: str) -> str:
     """The DSN without its password, for messages."""
     return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", dsn)
@@ -87,10 +100,14 @@ class PgVectorBackend:
         try:
             self._conn = psycopg.connect(self.dsn, autocommit=False, connect_timeout=10)
         except psycopg.OperationalError as exc:
-            raise BackendUnavailable(
-                f"cannot connect to {_redacted(self.dsn)}: {' '.join(str(exc).split())} "
+            text = " ".join(str(exc).split())
+            message = (
+                f"cannot connect to {_redacted(self.dsn)}: {text} "
                 "(check sink.to / --to: host, port, database, user, password)"
-            ) from exc
+            )
+            if _refused_for_good(text):
+                raise BackendError(message) from exc
+            raise BackendUnavailable(message) from exc
         except psycopg.ProgrammingError as exc:
             raise BackendError(f"sink.to {_redacted(self.dsn)} is not a valid DSN: {exc}") from exc
         try:
