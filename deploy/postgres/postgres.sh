@@ -69,6 +69,34 @@ EOF
   die "no PostgreSQL with pgvector found: install the dev dependencies (pip install -e '.[dev]', which brings the pgserver wheel), set PG_BIN, or install the system's pgvector (apt-get install postgresql-15-pgvector)"
 }
 
+# The binaries where the server's user can run them: as they are, or (a checkout in a directory
+# closed to others, as mktemp -d makes) a copy of their installation in the run dir.
+reachable_bin() {
+  local bin="$1"
+  if [ "$(id -u)" != 0 ] || as_server test -x "$bin/postgres"; then
+    echo "$bin"
+    return 0
+  fi
+  # The wheel's binaries find their shared libraries at $ORIGIN/../../../pgserver.libs: keep
+  # that layout (<copy>/pgserver/pginstall and <copy>/pgserver.libs).
+  local prefix root="$RUN_DIR/pg" copy="$RUN_DIR/pg/pgserver/pginstall"
+  prefix="$(cd "$bin/.." && pwd)"
+  if [ ! -x "$copy/bin/postgres" ]; then
+    say "$OS_USER cannot reach $bin; copying the installation to $copy"
+    rm -rf "$root"
+    mkdir -p "$root/pgserver"
+    cp -a "$prefix" "$copy"
+    if [ -d "$prefix/../../pgserver.libs" ]; then
+      cp -a "$prefix/../../pgserver.libs" "$root/pgserver.libs"
+    fi
+    chmod -R a+rX "$root"
+  fi
+  chmod a+rx "$RUN_DIR"
+  as_server test -x "$copy/bin/postgres" \
+    || die "the user $OS_USER cannot run $copy/bin/postgres either (is $RUN_DIR inside a closed directory?); set PG_RUN_DIR elsewhere"
+  echo "$copy/bin"
+}
+
 # Run a command as the server's user (ourselves unless we are root).
 as_server() {
   if [ "$(id -u)" = 0 ]; then
@@ -111,6 +139,7 @@ start() {
   bin="$(find_bin)"
   server_user
   mkdir -p "$RUN_DIR"
+  bin="$(reachable_bin "$bin")"
   touch "$LOG_FILE"
   if [ "${PG_KEEP_DATA:-0}" = 1 ] && [ -f "$DATA_DIR/PG_VERSION" ]; then
     say "reusing the data in $DATA_DIR"
