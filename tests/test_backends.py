@@ -128,6 +128,8 @@ def test_postgres_creates_the_table_with_an_hnsw_index_for_the_similarity(postgr
         backend = open_backend(postgres_dsn, table, create=True)
         backend.open()
         backend.write(net_changes([Change("a", 1, vector_of("a", 1), similarity)]), {})
+        assert not backend._has_vector_index()  # not before the first catch-up
+        backend.caught_up()
         backend.close()
         with psycopg.connect(postgres_dsn) as conn:
             (definition,) = conn.execute(

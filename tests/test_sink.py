@@ -121,6 +121,17 @@ def test_sink_from_a_file_ends_with_the_compacted_updates_and_dead_letters_the_r
     ]
     assert [d["reason"] for d in dead] == ["invalid_json", "wrong_dimension"]
     assert [d["position"]["line"] for d in dead] == [6, 7]
+    if lance_dir is None:
+        # --create built the HNSW index once the file was written (not before the first load).
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            (definition,) = conn.execute(
+                "SELECT indexdef FROM pg_indexes WHERE tablename = %s AND indexdef LIKE %s",
+                (table, "%hnsw%"),
+            ).fetchone()
+        assert "vector_cosine_ops" in definition
+        assert "building the HNSW index" in done.stderr
     # Run again: it resumes after the last line, reads nothing and changes nothing.
     again = run_sink(config, "--from", str(updates))
     assert again.returncode == 0, again.stderr

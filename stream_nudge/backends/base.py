@@ -39,6 +39,10 @@ class Backend(Protocol):
         """Apply one batch's net changes and store ``offsets`` with them: all or nothing, or
         (LanceDB) in an order that makes applying the batch again harmless."""
 
+    def caught_up(self) -> None:
+        """The sink has written all there is for now: a moment for work that should not slow a
+        first load (PostgreSQL builds the vector index of a table it created)."""
+
     def rows(self) -> int:
         """How many documents the backend holds."""
 

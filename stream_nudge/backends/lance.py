@@ -283,6 +283,9 @@ class LanceBackend:
                 table.optimize(cleanup_older_than=timedelta(hours=1))
         self._last_optimize = time.monotonic()
 
+    def caught_up(self) -> None:
+        """Nothing: the vector index follows the table's size (:meth:`_maintain`)."""
+
     def rows(self) -> int:
         return 0 if self._rows is None else self._rows.count_rows()
 

@@ -4,7 +4,9 @@ Three tables, for a configured name ``T`` (``sink.table``, or ``?table=`` in the
 
 - ``T``: ``id text PRIMARY KEY, embedding vector(d), generation bigint, updated_at timestamptz``,
   with an HNSW index on the embedding for the updates' similarity (cosine: ``vector_cosine_ops``,
-  for ``<=>``; dot: ``vector_ip_ops``, for ``<#>``); what a search queries.
+  for ``<=>``; dot: ``vector_ip_ops``, for ``<#>``); what a search queries. Made with ``create``:
+  the table at the first update, the index once the sink has caught up with its input
+  (:meth:`PgVectorBackend.caught_up`).
 - ``T_deleted``: ``id, generation`` of each deletion, so that an older update arriving after it
   (a replay, a duplicate) cannot bring the row back.
 - ``T_offsets``: ``source, partition, next_offset``: where the sink resumes.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import time
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
@@ -66,6 +69,41 @@ def _refused_for_good(text: str) -> bool:
     return "FATAL" in text and not any(reason in text for reason in _PASSING)
 
 
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no extension
+_COPY_TRAILER = b"\xff\xff"
+
+
+def copy_rows(changes, dim: int) -> bytes:
+    """``(id, embedding, generation)`` of ``changes`` in PostgreSQL's binary COPY format, the
+    fixed-size part of every row (the vector as pgvector sends it: dimension, then big-endian
+    float32s; the generation) made by numpy at once, so that a row costs one join, not a
+    type adapter per field."""
+    fixed = np.dtype(
+        [
+            ("vector_length", ">i4"),
+            ("dim", ">i2"),
+            ("unused", ">i2"),
+            ("vector", ">f4", (dim,)),
+            ("generation_length", ">i4"),
+            ("generation", ">i8"),
+        ]
+    )
+    block = np.zeros(len(changes), dtype=fixed)
+    block["vector_length"] = 4 + 4 * dim
+    block["dim"] = dim
+    block["vector"] = np.stack([c.vector for c in changes])
+    block["generation_length"] = 8
+    block["generation"] = [c.generation for c in changes]
+    data, size = block.tobytes(), fixed.itemsize
+    parts = [_COPY_HEADER]
+    for i, change in enumerate(changes):
+        key = change.id.encode()
+        parts.append(b"\x00\x03" + len(key).to_bytes(4, "big") + key)
+        parts.append(data[i * size : (i + 1) * size])
+    parts.append(_COPY_TRAILER)
+    return b"".join(parts)
+
+
 def _redacted(dsn: str) -> str:
     """The DSN without its password, for messages."""
     return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", dsn)
@@ -87,6 +125,8 @@ class PgVectorBackend:
         self.name = f"{_redacted(self.dsn)} table {table}"
         self._conn = None
         self._ready = False  # the tables exist and are checked
+        # With create: build the HNSW index at the next catch-up (if the table has none).
+        self._index_wanted = create
 
     # --- connection and schema ----------------------------------------------------------------
 
@@ -206,31 +246,68 @@ class PgVectorBackend:
         )
         self._ready = exists
 
-    def _create_table(self, dimension: int, similarity: str | None) -> None:
+    def _create_table(self, dimension: int) -> None:
         table = self.table
-        cur = self._conn.cursor()
-        cur.execute(
+        self._conn.execute(
             f"CREATE TABLE IF NOT EXISTS {table} (id text PRIMARY KEY, embedding "
             f"vector({int(dimension)}) NOT NULL, generation bigint NOT NULL, "
             "updated_at timestamptz NOT NULL DEFAULT now())"
         )
-        ops = _OPS[similarity or "cosine"]
-        if dimension <= _HNSW_MAX_DIM:
-            index = f"{table.replace('.', '_')}_embedding_hnsw"
-            cur.execute(
-                f"CREATE INDEX IF NOT EXISTS {index} ON {table} USING hnsw (embedding {ops})"
-            )
-            log.info("created table %s (vector(%d)) and its HNSW index (%s)", table, dimension, ops)
-        else:
-            log.warning(
-                "created table %s (vector(%d)) without an index: pgvector's HNSW takes at most "
-                "%d dimensions",
-                table,
-                dimension,
-                _HNSW_MAX_DIM,
-            )
+        log.info(
+            "created table %s (vector(%d)); its HNSW index follows once the sink has caught up "
+            "with its input",
+            table,
+            dimension,
+        )
         self.dimension = dimension
         self._ready = True
+
+    def caught_up(self) -> None:
+        """The sink has read all there is for now: build the HNSW index of a table it created,
+        if there is none yet. Inserting into an HNSW index costs milliseconds a row (it searches
+        the graph for each), so a first load goes into the bare table and the index is built
+        once over all of it (CONCURRENTLY: writers are not held meanwhile); later updates go
+        through it. Searches before that scan the table exactly."""
+        if not self._index_wanted or not self._ready:
+            return
+        self._index_wanted = False
+        if self.dimension > _HNSW_MAX_DIM:
+            log.warning(
+                "table %s has no vector index: pgvector's HNSW takes at most %d dimensions",
+                self.table,
+                _HNSW_MAX_DIM,
+            )
+            return
+        if self._has_vector_index():
+            return
+        import psycopg
+
+        ops = _OPS[self.similarity or "cosine"]
+        index = f"{self.table.replace('.', '_')}_embedding_hnsw"
+        started = time.monotonic()
+        log.info("building the HNSW index of %s (%s)", self.table, ops)
+        self._conn.autocommit = True
+        try:
+            self._conn.execute(
+                f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {self.table} "
+                f"USING hnsw (embedding {ops})"
+            )
+        except psycopg.OperationalError as exc:
+            self._index_wanted = True  # again at the next catch-up
+            raise BackendUnavailable(f"{self.name}: building the index: {exc}") from exc
+        finally:
+            self._conn.autocommit = False
+        log.info("built the HNSW index of %s in %.1f s", self.table, time.monotonic() - started)
+
+    def _has_vector_index(self) -> bool:
+        found = self._conn.execute(
+            "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = to_regclass(%s) "
+            "AND a.amname IN ('hnsw', 'ivfflat')",
+            (self.table,),
+        ).fetchone()
+        self._conn.commit()
+        return found is not None
 
     # --- reading and writing ------------------------------------------------------------------
 
@@ -266,9 +343,11 @@ class PgVectorBackend:
         table, deleted, offsets_table = self._names()
         upserts, deletes = net.upserts(), net.deletes()
         cur = self._conn.cursor()
+        if self.similarity is None:
+            self.similarity = next((c.similarity for c in upserts if c.similarity), None)
         if upserts and not self._ready:
             dim = len(upserts[0].vector)
-            self._create_table(dim, next((c.similarity for c in upserts if c.similarity), None))
+            self._create_table(dim)
         if upserts:
             cur.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS stream_nudge_stage (id text, embedding "
@@ -277,9 +356,7 @@ class PgVectorBackend:
             with cur.copy(
                 "COPY stream_nudge_stage (id, embedding, generation) FROM STDIN WITH (FORMAT BINARY)"
             ) as copy:
-                copy.set_types(["text", "vector", "int8"])
-                for change in upserts:
-                    copy.write_row((change.id, change.vector, change.generation))
+                copy.write(copy_rows(upserts, self.dimension))
             cur.execute(
                 f"INSERT INTO {table} AS t (id, embedding, generation, updated_at) "
                 "SELECT s.id, s.embedding, s.generation, now() FROM stream_nudge_stage s "

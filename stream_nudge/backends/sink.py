@@ -131,7 +131,7 @@ class FileUpdates:
         return self.source_key, record.position["line"] + 1
 
     def caught_up(self) -> bool:
-        return True
+        return False  # until its end: batches are full, the last one is written at the end
 
     def refresh_lag(self) -> dict[tuple[str, int], int]:
         return {}
@@ -309,28 +309,36 @@ class SinkService:
     def _loop(self) -> None:
         source, batch_records = self.source, self.sink.batch_records
         batch_s = self.sink.batch_ms / 1000.0
+        read = batch_records
+        if isinstance(source, KafkaUpdates):
+            read = min(batch_records, self.config.kafka.max_poll_records)
         batch = _Batch()
         while not self.stop_requested:
-            records = source.next_batch(min(batch_records, self.config.kafka.max_poll_records))
+            records = source.next_batch(read)
             if records is None:  # the end of a file
                 break
             if records and not batch.records:
                 batch.started = time.monotonic()
             for record in records:
                 self._take(batch, record)
+            caught_up = source.caught_up()
             if batch.records and (
                 batch.records >= batch_records
-                or source.caught_up()
+                or caught_up
                 or time.monotonic() - batch.started >= batch_s
             ):
                 self._write(batch)
                 batch = _Batch()
+            if caught_up:
+                self.backend.caught_up()
             self.metrics.tick()
             for (topic, partition), lag in source.refresh_lag().items():
                 self.metrics.lag.labels(topic, str(partition)).set(lag)
             self._progress()
         if batch.records:
             self._write(batch)
+        if not self.stop_requested:  # the end of a file
+            self.backend.caught_up()
 
     def _take(self, batch: _Batch, record: Record) -> None:
         got = decode_update(record, self.dimension)
