@@ -364,14 +364,22 @@ class Poller(threading.Thread):
 
 
 def latency(
-    backend: str, to: str, bootstrap: str, rate: int, seconds: float, dim: int, work: Path
+    backend: str,
+    to: str,
+    bootstrap: str,
+    rate: int,
+    seconds: float,
+    dim: int,
+    work: Path,
+    index: bool = True,
 ) -> dict:
     import confluent_kafka as ck
+    import confluent_kafka.admin
     import yaml
 
     topic = f"updates-{uuid.uuid4().hex[:8]}"
-    admin = ck.admin.AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([ck.admin.NewTopic(topic, 3, 1)])[topic].result(30)
+    admin = confluent_kafka.admin.AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([confluent_kafka.admin.NewTopic(topic, 3, 1)])[topic].result(30)
     table = f"lat_{uuid.uuid4().hex[:8]}"
     config = work / f"sink-{backend}.yaml"
     config.write_text(
@@ -382,7 +390,13 @@ def latency(
                     "topics": {"updates": topic},
                     "poll_timeout_ms": 100,
                 },
-                "sink": {"to": to, "table": table, "create": True, "metrics_port": 0},
+                "sink": {
+                    "to": to,
+                    "table": table,
+                    "create": True,
+                    "index": index,
+                    "metrics_port": 0,
+                },
                 "logging": {"level": "WARNING"},
             }
         )
@@ -469,12 +483,13 @@ def latency(
     result = {
         "updates": len(latencies),
         "rate": rate,
+        "index": index,
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
         "max_ms": float(ms.max()),
     }
     print(
-        f"latency {backend}: {result['updates']:,} updates at {rate}/s: p50 {result['p50_ms']:.0f} ms, "
+        f"latency {backend} (index {index}): {result['updates']:,} updates at {rate}/s: p50 {result['p50_ms']:.0f} ms, "
         f"p99 {result['p99_ms']:.0f} ms, max {result['max_ms']:.0f} ms",
         flush=True,
     )
@@ -493,6 +508,9 @@ def main() -> None:
     p.add_argument("--rate", type=int, default=2000)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--bootstrap", help="a running broker (default: start one)")
+    p.add_argument(
+        "--no-index", action="store_true", help="latency: the sink builds no vector index"
+    )
     p.add_argument("--json", type=Path)
     a = p.parse_args()
     backends = ["postgresql", "lancedb"] if a.backend == "both" else [a.backend]
@@ -515,7 +533,7 @@ def main() -> None:
             for backend in backends:
                 to = dsn if backend == "postgresql" else f"lancedb://{work / 'lance-latency'}"
                 results[f"latency_{backend}"] = latency(
-                    backend, to, bootstrap, a.rate, a.seconds, a.dim, work
+                    backend, to, bootstrap, a.rate, a.seconds, a.dim, work, not a.no_index
                 )
     finally:
         if pg_env is not None:

@@ -229,6 +229,10 @@ class SinkConfig:
     #: Create what is missing (pgvector's extension, the table and its HNSW index; LanceDB's
     #: directory and tables) instead of refusing to start (--create).
     create: bool = False
+    #: With create: build the vector index (pgvector: HNSW once the sink has caught up; LanceDB:
+    #: IVF-PQ once the table holds lancedb_index_min_rows rows). false: searches scan exactly
+    #: (or build an index of your choice yourself).
+    index: bool = True
     #: A batch (one backend transaction) is written after this many records or this many ms,
     #: whichever comes first, and at once when the input is caught up.
     batch_records: int = 5000

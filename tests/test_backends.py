@@ -145,6 +145,15 @@ def test_postgres_creates_the_table_with_an_hnsw_index_for_the_similarity(postgr
         assert kind == f"vector({DIM})"
 
 
+def test_postgres_builds_no_index_when_told_not_to(postgres_dsn):
+    backend = open_backend(postgres_dsn, f"t_{uuid.uuid4().hex[:10]}", create=True, index=False)
+    backend.open()
+    backend.write(net_changes([Change("a", 1, vector_of("a", 1))]), {})
+    backend.caught_up()
+    assert not backend._has_vector_index() and backend.rows() == 1
+    backend.close()
+
+
 def test_postgres_refuses_a_table_of_another_dimension_naming_both(postgres_dsn):
     table = f"t_{uuid.uuid4().hex[:10]}"
     backend = open_backend(postgres_dsn, table, create=True)

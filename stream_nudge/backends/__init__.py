@@ -18,6 +18,7 @@ def open_backend(
     table: str = "stream_nudge_embeddings",
     create: bool = False,
     dimension: int | None = None,
+    index: bool = True,
     index_min_rows: int = 100_000,
     optimize_interval_s: float = 600.0,
 ) -> Backend:
@@ -34,7 +35,7 @@ def open_backend(
                 f"the PostgreSQL backend needs psycopg and pgvector ({exc}): "
                 "pip install 'stream-nudge[postgres]'"
             ) from exc
-        return PgVectorBackend(url, table, create=create, dimension=dimension)
+        return PgVectorBackend(url, table, create=create, dimension=dimension, index=index)
     if url.startswith("lancedb://"):
         try:
             import lancedb  # noqa: F401
@@ -49,6 +50,7 @@ def open_backend(
             table,
             create=create,
             dimension=dimension,
+            index=index,
             index_min_rows=index_min_rows,
             optimize_interval_s=optimize_interval_s,
         )

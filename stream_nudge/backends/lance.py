@@ -75,6 +75,7 @@ class LanceBackend:
         table: str,
         create: bool = False,
         dimension: int | None = None,
+        index: bool = True,
         index_min_rows: int = 100_000,
         optimize_interval_s: float = 600.0,
     ):
@@ -83,6 +84,7 @@ class LanceBackend:
             raise BackendError(f"table {self.table!r}: letters, digits, _ . - only")
         self.create = create
         self.dimension = dimension
+        self.index = index
         self.index_min_rows = index_min_rows
         self.optimize_interval_s = optimize_interval_s
         self.name = f"lancedb {self.path} table {self.table}"
@@ -262,7 +264,7 @@ class LanceBackend:
         """The vector index once the table is large enough; optimize now and then."""
         if self._rows is None:
             return
-        if not self._indexed and self._rows.count_rows() >= self.index_min_rows:
+        if self.index and not self._indexed and self._rows.count_rows() >= self.index_min_rows:
             started = time.monotonic()
             self._rows.create_index(metric=self._metric, vector_column_name="vector")
             self._indexed = True

@@ -112,7 +112,14 @@ def _redacted(dsn: str) -> str:
 class PgVectorBackend:
     """Writes the updates into a pgvector table; see the module's docstring."""
 
-    def __init__(self, url: str, table: str, create: bool = False, dimension: int | None = None):
+    def __init__(
+        self,
+        url: str,
+        table: str,
+        create: bool = False,
+        dimension: int | None = None,
+        index: bool = True,
+    ):
         self.dsn, table = split_table(url, table)
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?", table):
             raise BackendError(
@@ -126,7 +133,7 @@ class PgVectorBackend:
         self._conn = None
         self._ready = False  # the tables exist and are checked
         # With create: build the HNSW index at the next catch-up (if the table has none).
-        self._index_wanted = create
+        self._index_wanted = create and index
 
     # --- connection and schema ----------------------------------------------------------------
 

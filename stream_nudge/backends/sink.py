@@ -270,6 +270,7 @@ class SinkService:
             s.table,
             create=s.create,
             dimension=self.dimension,
+            index=s.index,
             index_min_rows=s.lancedb_index_min_rows,
             optimize_interval_s=s.lancedb_optimize_interval_s,
         )
