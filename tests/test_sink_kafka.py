@@ -253,3 +253,30 @@ def test_a_database_that_goes_away_is_waited_for_and_nothing_is_skipped(
         server("stop")
         shutil.rmtree(run_dir, ignore_errors=True)
     assert code == 0
+
+
+def test_partitions_added_to_the_updates_topic_are_read_too(
+    kafka_bootstrap, make_topic, kafka_admin, postgres_dsn, tmp_path
+):
+    from kafka.admin import NewPartitions
+
+    topic = make_topic("updates", partitions=1)
+    table = f"t_{uuid.uuid4().hex[:10]}"
+    stream = update_stream(n_docs=40, rounds=2, seed=13)
+    half = len(stream) // 2
+    config = config_file(
+        tmp_path / "c.yaml", kafka_bootstrap, "confluent-kafka", topic, postgres_dsn, table
+    )
+    log = tmp_path / "sink.log"
+    proc = start_sink(config, log)
+    try:
+        produce_updates(kafka_bootstrap, topic, stream[:half])
+        wait_for(lambda: pg_content(postgres_dsn, table), compacted(stream[:half]), proc, log)
+        kafka_admin.create_partitions({topic: NewPartitions(total_count=3)})
+        time.sleep(1.0)  # the producer's metadata sees the new partitions
+        produce_updates(kafka_bootstrap, topic, stream[half:])
+        wait_for(lambda: pg_content(postgres_dsn, table), compacted(stream), proc, log, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    assert "3 partitions now" in log.read_text()

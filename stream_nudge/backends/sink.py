@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 _PROGRESS_EVERY_S = 10.0
 #: End offsets (for the lag metric) are asked of the broker this often.
 _LAG_EVERY_S = 2.0
+#: The updates topic's partition count is checked this often (partitions added are read too).
+_PARTITIONS_EVERY_S = 10.0
 
 
 class _NotYet(Exception):
@@ -56,13 +58,12 @@ class KafkaUpdates:
         self.topic = k.topics.updates
         self.max_records = k.max_poll_records
         self.poll_timeout_s = k.poll_timeout_ms / 1000.0
-        admin = make_admin(config)
-        try:
-            partitions = admin.topics().get(self.topic)
-        finally:
-            admin.close()
+        self.admin = make_admin(config)
+        partitions = self.admin.topics().get(self.topic)
         if not partitions:
+            self.admin.close()
             raise _NotYet(f"the updates topic {self.topic} does not exist yet")
+        self._partitions_at = time.monotonic()
         self.next: dict[tuple[str, int], int] = {
             (self.topic, p): offsets.get((self.topic, p), 0) for p in range(partitions)
         }
@@ -94,6 +95,16 @@ class KafkaUpdates:
         from stream_nudge.kafka.client import TopicPartition
 
         now = time.monotonic()
+        if now - self._partitions_at >= _PARTITIONS_EVERY_S:
+            self._partitions_at = now
+            partitions = self.admin.topics().get(self.topic, 0)
+            if partitions > len(self.next):
+                # Read the new ones too: start again from the backend's offsets (the batch in
+                # hand is read again; nothing is applied twice in effect).
+                raise _NotYet(
+                    f"the updates topic {self.topic} has {partitions} partitions now, "
+                    f"{len(self.next)} before: reading all of them"
+                )
         if now - self._lag_at >= _LAG_EVERY_S:
             self._lag_at = now
             ends = self.consumer.end_offsets([TopicPartition(*tp) for tp in self.next])
@@ -103,6 +114,8 @@ class KafkaUpdates:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.consumer.close()
+        with contextlib.suppress(Exception):
+            self.admin.close()
 
 
 class FileUpdates:
