@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,15 +37,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_kafka import free_port, start_broker  # noqa: E402
+
 from stream_nudge.backends.sink import SinkService  # noqa: E402
 from stream_nudge.config import load_config  # noqa: E402
 from stream_nudge.messages import encode_update  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_postgres() -> tuple[str, dict]:
@@ -321,20 +316,6 @@ def throughput_lancedb(rows: int, dim: int, batch: int, repeat: int, work: Path)
 
 
 # --- latency ----------------------------------------------------------------------------------
-
-
-def start_broker(run_dir: Path) -> tuple[str, dict]:
-    env = dict(
-        os.environ,
-        KAFKA_PORT=str(free_port()),
-        KAFKA_CONTROLLER_PORT=str(free_port()),
-        KAFKA_RUN_DIR=str(run_dir),
-        PYTHON=sys.executable,
-    )
-    subprocess.run(
-        [str(REPO / "deploy/kafka/kafka.sh"), "start"], env=env, check=True, capture_output=True
-    )
-    return f"127.0.0.1:{env['KAFKA_PORT']}", env
 
 
 class Poller(threading.Thread):
