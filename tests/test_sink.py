@@ -213,3 +213,25 @@ def test_a_sink_pointed_at_a_database_that_does_not_exist_stops_at_once(tmp_path
     assert done.returncode == 1
     assert "no_such_database" in done.stderr and "check sink.to" in done.stderr
     assert "retrying" not in done.stderr
+
+
+def test_a_sink_whose_metrics_port_is_taken_says_so(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "sink": {"to": f"lancedb://{tmp_path}", "metrics_port": port},
+                    "metrics": {"host": "127.0.0.1"},
+                }
+            )
+        )
+        updates = write_updates_file(tmp_path / "u.jsonl", update_stream(3, 1), bad=False)
+        done = run_sink(config, "--from", str(updates), timeout=30)
+    assert done.returncode == 1 and f"127.0.0.1:{port}" in done.stderr
+    assert "sink.metrics_port" in done.stderr

@@ -208,8 +208,18 @@ class SinkService:
             log.error("cannot start: no backend; set sink.to or --to")
             return 1
         if self.sink.metrics_port:
-            port = self.metrics.serve(self.config.metrics.host, self.sink.metrics_port)
-            log.info("metrics and /healthz on %s:%d", self.config.metrics.host, port)
+            host = self.config.metrics.host
+            try:
+                port = self.metrics.serve(host, self.sink.metrics_port)
+            except OSError as exc:
+                log.error(
+                    "cannot start: metrics on %s:%d: %s (set sink.metrics_port, 0: off)",
+                    host,
+                    self.sink.metrics_port,
+                    exc,
+                )
+                return 1
+            log.info("metrics and /healthz on %s:%d", host, port)
         try:
             return self._run()
         finally:
