@@ -171,24 +171,39 @@ def read_dead_letters(bootstrap: str, topic: str, n: int, timeout: float = 30.0)
     return out
 
 
-def test_a_sink_killed_mid_batch_resumes_from_the_databases_offsets(
-    kafka_bootstrap, make_topic, client, postgres_dsn, tmp_path
+KAFKA_CRASH_POINTS = {
+    "postgresql": ("sink:write:2", "postgres:commit:2", "sink:written:3"),
+    "lancedb": ("lancedb:rows:2", "lancedb:marks:2", "sink:written:3"),
+}
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "lancedb"])
+def test_a_sink_killed_mid_batch_resumes_from_the_backends_offsets(
+    kafka_bootstrap, make_topic, client, backend, tmp_path, request
 ):
     topic = make_topic("updates", partitions=2)
     table = f"t_{uuid.uuid4().hex[:10]}"
+    if backend == "lancedb":
+        to, read = (
+            f"lancedb://{tmp_path / 'lance'}",
+            lambda: lance_content(tmp_path / "lance", table),
+        )
+    else:
+        to = request.getfixturevalue("postgres_dsn")
+        read = lambda: pg_content(to, table)  # noqa: E731
     # Two rounds: half the documents' last update is early, where the kills land.
     stream = update_stream(n_docs=150, rounds=2, seed=7)
     produce_updates(kafka_bootstrap, topic, stream)
     config = config_file(
-        tmp_path / "c.yaml", kafka_bootstrap, client, topic, postgres_dsn, table, batch_records=20
+        tmp_path / "c.yaml", kafka_bootstrap, client, topic, to, table, batch_records=20
     )
     log = tmp_path / "sink.log"
-    for point in ("sink:write:2", "postgres:commit:2", "sink:written:3"):
+    for point in KAFKA_CRASH_POINTS[backend]:
         proc = start_sink(config, log, STREAM_NUDGE_CRASH_AT=point)
         assert proc.wait(timeout=90) == -signal.SIGKILL, log.read_text()[-3000:]
     proc = start_sink(config, log)
     try:
-        wait_for(lambda: pg_content(postgres_dsn, table), compacted(stream), proc, log)
+        wait_for(read, compacted(stream), proc, log)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
