@@ -149,9 +149,13 @@ def test_nudge_m_gamma_is_the_brute_force_best(problem, objective):
     chosen = model.plain(sel.gamma, obj)
     assert abs(chosen - grid.max()) < 1e-12
     assert abs(sel.value - chosen) < 1e-12
-    # Ties go to the smaller gamma: nothing before the chosen region scores as well.
-    first_best = candidates[np.flatnonzero(grid >= grid.max() - 1e-12)[0]]
-    assert first_best >= sel.low or abs(first_best - sel.low) < 1e-12
+    # Where 0 is among the best, the choice is 0 (do no harm); otherwise ties go to the
+    # smaller gamma: nothing before the chosen region scores as well.
+    if model.plain(0.0, obj) >= grid.max() - 1e-12:
+        assert sel.gamma == 0.0
+    else:
+        first_best = candidates[np.flatnonzero(grid >= grid.max() - 1e-12)[0]]
+        assert first_best >= sel.low or abs(first_best - sel.low) < 1e-12
 
 
 def curve_crossings(model, upper):
@@ -189,6 +193,8 @@ def test_nudge_n_gamma_is_the_brute_force_best(problem, objective):
     assert abs(chosen - grid.max()) < 1e-12
     assert abs(sel.value - chosen) < 1e-12
     assert 0.0 <= sel.gamma < 2.0
+    # Where 0 is among the best, the choice is 0 (do no harm).
+    assert (sel.gamma == 0.0) == (model.plain(0.0, obj) >= grid.max() - 1e-12)
 
 
 # The oracle resolves scores to 1e-9 (see Model.plain): gammas below 1e-6 would move documents by

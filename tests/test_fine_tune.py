@@ -67,8 +67,11 @@ def test_reported_validation_is_the_plain_metric_and_no_grid_point_beats_it(
 
 @pytest.mark.parametrize("method", METHODS)
 def test_untouched_documents_never_move_and_rows_are_unit_for_n(method):
-    docs, train, train_ans, val, val_ans = random_problem(1)
-    result = fine_tune(docs, train, train_ans, val, val_ans, method=method)
+    docs, train, train_ans, _val, _val_ans = random_problem(1)
+    # Validated on training queries, which the nudge serves: a positive gamma, so that the
+    # untouched documents' staying put means something (random validation queries would have
+    # 0 among the best, and 0 moves nothing).
+    result = fine_tune(docs, train, train_ans, train[:15], train_ans[:15], method=method)
     touched = sorted({a for ans in train_ans for a in ans})
     untouched = np.setdiff1d(np.arange(len(docs)), touched)
     assert np.array_equal(result.embeddings[untouched], unit_rows(docs)[0][untouched])

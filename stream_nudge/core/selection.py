@@ -9,7 +9,8 @@ and every untouched document with a fixed score. As gamma grows, an answer's ran
 its curve crosses another one, so the objective is piecewise constant. We compute, for every
 (validation query, answer) pair, the points where the count of non-answers above the answer changes,
 merge them per query into changes of the metric (see :mod:`objectives`), and sweep all queries'
-changes at once. The best region is exact; we return its middle, since its end points are ties.
+changes at once. The best region is exact; we return its middle, since its end points are ties,
+or 0 when 0 is as good as it (no gamma helps: do no harm).
 
 Only the best ``K`` fixed scores of each query (``K`` of the objective) can ever matter among the
 untouched documents, which is why callers pass just those (``others``): the cost grows with the
@@ -744,22 +745,22 @@ def best_selection(
 ) -> Selection:
     """The best gamma from the queries' curves (``base`` one value per query; ``times`` and
     ``changes`` all their changes, in any order). ``at_zero()`` gives the mean objective at gamma
-    0, asked for only when NUDGE-M's best region is all of ``gamma > 0``."""
+    0: where it is as good as the best region, the choice is 0."""
     upper = step_limit(method, max_gamma)
     low, high, value = best_region(base, times, changes, upper)
-    if method == "nudge-m":
-        if low == 0.0 and not np.isfinite(high):
-            # One region for all gamma > 0. Stay at 0 unless 0 itself is worse (a tie at 0 that any
-            # step breaks in the answers' favour); then take a modest step.
-            gamma = 0.0 if at_zero() >= value - _TIE else _OPEN_STEP
-            return Selection(gamma, value, low, high)
-        return Selection(_middle(low, high), value, low, high)
-    g_low, g_high = float(theta_to_gamma(low)), float(theta_to_gamma(high))
-    if len(times) == 0 and at_zero() >= value - _TIE:
-        # Nothing changes anywhere on the domain (nothing nudged, or nothing any turn can
-        # reorder): no gamma beats 0, and 0 moves nothing.
-        return Selection(0.0, value, g_low, g_high)
-    return Selection(_middle(g_low, g_high), value, g_low, g_high)
+    if method == "nudge-n":
+        low, high = float(theta_to_gamma(low)), float(theta_to_gamma(high))
+    zero = at_zero()
+    if zero >= value - _TIE:
+        # Gamma 0 is among the best: no gamma beats not moving, while any positive one still
+        # moves documents (a NUDGE-N turn grows like the square root of gamma) for nothing the
+        # validation queries can see. Stay at 0. (This covers nothing changing anywhere on the
+        # domain too: nothing nudged, or nothing any step can reorder.)
+        return Selection(0.0, zero, low, high)
+    if method == "nudge-m" and low == 0.0 and not np.isfinite(high):
+        # One region for all gamma > 0, better than 0: take a modest step.
+        return Selection(_OPEN_STEP, value, low, high)
+    return Selection(_middle(low, high), value, low, high)
 
 
 def _best_region(scores, objective, upper, init, ev_pair, ev_time, ev_delta):
