@@ -106,20 +106,22 @@ def wait_for(content, want, proc: subprocess.Popen | None, log: Path, timeout: f
     )
 
 
+def target(backend: str, tmp_path: Path, request):
+    """``(url, table, read)`` of a fresh table in either backend; ``read()``: what it holds."""
+    table = f"t_{uuid.uuid4().hex[:10]}"
+    if backend == "lancedb":
+        path = tmp_path / "lance"
+        return f"lancedb://{path}", table, lambda: lance_content(path, table)
+    dsn = request.getfixturevalue("postgres_dsn")
+    return dsn, table, lambda: pg_content(dsn, table)
+
+
 @pytest.mark.parametrize("backend", ["postgresql", "lancedb"])
 def test_sink_holds_the_committed_updates_and_dead_letters_the_rest(
     kafka_bootstrap, make_topic, client, backend, tmp_path, request
 ):
     topic = make_topic("updates", partitions=3)
-    table = f"t_{uuid.uuid4().hex[:10]}"
-    if backend == "lancedb":
-        to, read = (
-            f"lancedb://{tmp_path / 'lance'}",
-            lambda: lance_content(tmp_path / "lance", table),
-        )
-    else:
-        to = request.getfixturevalue("postgres_dsn")
-        read = lambda: pg_content(to, table)  # noqa: E731
+    to, table, read = target(backend, tmp_path, request)
     stream = update_stream(n_docs=80, rounds=4, seed=5)
     half = len(stream) // 2
     produce_updates(kafka_bootstrap, topic, stream[:half])
@@ -182,15 +184,7 @@ def test_a_sink_killed_mid_batch_resumes_from_the_backends_offsets(
     kafka_bootstrap, make_topic, client, backend, tmp_path, request
 ):
     topic = make_topic("updates", partitions=2)
-    table = f"t_{uuid.uuid4().hex[:10]}"
-    if backend == "lancedb":
-        to, read = (
-            f"lancedb://{tmp_path / 'lance'}",
-            lambda: lance_content(tmp_path / "lance", table),
-        )
-    else:
-        to = request.getfixturevalue("postgres_dsn")
-        read = lambda: pg_content(to, table)  # noqa: E731
+    to, table, read = target(backend, tmp_path, request)
     # Two rounds: half the documents' last update is early, where the kills land.
     stream = update_stream(n_docs=150, rounds=2, seed=7)
     produce_updates(kafka_bootstrap, topic, stream)

@@ -69,6 +69,11 @@ class _Listener(kafka.ConsumerRebalanceListener):
             self.consumer.pause(*[_theirs(tp) for tp in held])
 
 
+#: How old the consumer's metadata may get (see KafkaConsumer.__init__): one small request to
+#: the broker this often.
+_METADATA_MAX_AGE_MS = 5_000
+
+
 class KafkaConsumer:
     """:class:`~stream_nudge.kafka.client.Consumer` on kafka.KafkaConsumer."""
 
@@ -96,6 +101,11 @@ class KafkaConsumer:
                 isolation_level="read_committed" if read_committed else "read_uncommitted",
                 session_timeout_ms=session_timeout_ms,
                 heartbeat_interval_ms=max(100, session_timeout_ms // 10),
+                # The group's leader assigns from its own metadata, and rejoins when that changes.
+                # A leader whose first metadata missed the partitions of topics created a moment
+                # before (seen in CI: the service was assigned nothing) would otherwise wait for
+                # the default refresh, 5 minutes, holding the whole group at nothing.
+                metadata_max_age_ms=_METADATA_MAX_AGE_MS,
             )
         except (errors.KafkaError, ValueError, TypeError, AssertionError) as exc:
             raise _error(exc) from exc
