@@ -199,7 +199,6 @@ class SinkMetrics(Exposed):
             ["topic", "partition"],
             registry=r,
         )
-        self.rows = Gauge("stream_nudge_sink_backend_rows", "Documents in the backend", registry=r)
         self.retries = Counter(
             "stream_nudge_sink_retries", "Times the backend or Kafka was unreachable", registry=r
         )

@@ -167,9 +167,6 @@ class _Batch:
         self.dead: list[DeadLetter] = []
         self.started = time.monotonic()
 
-    def __len__(self) -> int:
-        return self.records
-
 
 class SinkService:
     def __init__(

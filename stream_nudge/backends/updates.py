@@ -30,7 +30,7 @@ from stream_nudge.messages import (
     _simdjson_parser,
 )
 
-__all__ = ["Change", "Net", "decode_update", "net_changes", "similarity_of"]
+__all__ = ["Change", "Net", "decode_update", "net_changes"]
 
 #: A generation header or field beyond this is refused (a signed 64-bit column holds it).
 _MAX_GENERATION = 2**63 - 1
@@ -236,11 +236,3 @@ def net_changes(changes) -> Net:
     for change in changes:
         net.add(change)
     return net
-
-
-def similarity_of(changes) -> str | None:
-    """The similarity the updates name (the first that names one), for the backend's index."""
-    for change in changes:
-        if change.similarity is not None:
-            return change.similarity
-    return None
